@@ -1,0 +1,708 @@
+"""Model: an onnx-graphsurgeon Graph plus the model-level facts that gs does not carry.
+
+Loading and saving live here because they share one concern: tensor bytes are big, so they
+are never copied when they need not be.
+
+* Loading keeps external data on disk (``load_external_data=False``); a constant's values are
+  read from its file only when a pass asks for them.
+* Saving streams: the model is written without its top-level initializers, then each
+  initializer is appended as its own ``graph { initializer { ... } }`` record. Protobuf merges
+  repeated occurrences of a message field, so the file parses as one ordinary model, while peak
+  memory stays at one tensor instead of a second copy of every weight.
+* Every write goes to a temporary file beside the destination and is renamed into place, so a
+  failed save leaves the destination as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError, Message
+from onnx import external_data_helper, numpy_helper
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
+
+from onnxslim.errors import ModelLoadError, ModelSaveError
+
+__all__ = [
+    "Model",
+    "load",
+    "save",
+    "to_proto",
+    "stub_proto",
+    "read_constant",
+    "constant_nbytes",
+    "iter_graphs",
+    "PROTOBUF_LIMIT",
+]
+
+# A serialized protobuf message cannot exceed 2 GiB; above this a model needs external data.
+PROTOBUF_LIMIT = 2**31 - 1
+# Leave room for the non-tensor parts of the model when deciding whether data fits inline.
+_INLINE_MARGIN = 64 * 2**20
+# Tensors at least this large go to the external data file (onnx's own default).
+DEFAULT_SIZE_THRESHOLD = 1024
+# Large external tensors start on this boundary so that runtimes can map them directly.
+_ALIGNMENT = 64 * 1024
+_ALIGN_ABOVE = 1024 * 1024
+_COPY_CHUNK = 16 * 2**20
+
+# Protobuf wire tags: ModelProto.graph is field 7, GraphProto.initializer is field 5 (both
+# length-delimited, wire type 2).
+_TAG_MODEL_GRAPH = bytes([(7 << 3) | 2])
+_TAG_GRAPH_INITIALIZER = bytes([(5 << 3) | 2])
+
+
+class ExternalValues(LazyValues):
+    """LazyValues for a tensor whose bytes live in an external data file.
+
+    gs's own LazyValues resolves external data relative to the working directory; this one
+    remembers the model's folder.
+    """
+
+    def __init__(self, tensor: onnx.TensorProto, base_dir: Path) -> None:
+        super().__init__(tensor)
+        self.base_dir = base_dir
+
+    def load(self) -> np.ndarray:
+        detached = onnx.TensorProto()
+        detached.CopyFrom(self.tensor)  # loading fills raw_data in place; keep ours a reference
+        return np.array(numpy_helper.to_array(detached, base_dir=str(self.base_dir)))
+
+
+@dataclass
+class Model:
+    """A graph to transform, with what must survive the round trip around it.
+
+    ``graph`` is what passes rewrite. ``shell`` keeps the model-level fields that gs drops
+    (IR version, producer, domain, model version, doc string, metadata_props, training info).
+    ``base_dir`` is where external data of not-yet-loaded constants lives.
+    """
+
+    graph: gs.Graph
+    shell: onnx.ModelProto
+    base_dir: Path | None = None
+    source: Path | None = None
+    top_level_initializers: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def opset(self) -> int:
+        return int(self.graph.opset)
+
+    @property
+    def ir_version(self) -> int:
+        return int(self.shell.ir_version)
+
+    def node_count(self) -> int:
+        """Nodes in the main graph and in every subgraph."""
+        return sum(len(g.nodes) for g in iter_graphs(self.graph))
+
+    def initializer_bytes(self) -> int:
+        """Bytes of constant data (each constant counted once, subgraphs included)."""
+        seen: dict[int, int] = {}
+        for graph in iter_graphs(self.graph):
+            for tensor in graph.tensors().values():
+                if isinstance(tensor, gs.Constant):
+                    seen[id(tensor)] = constant_nbytes(tensor)
+        return sum(seen.values())
+
+    def external_files(self) -> set[Path]:
+        """External data files that constants of this model still read from."""
+        files = set()
+        for tensor in _all_constants(self.graph):
+            values = tensor._values
+            if isinstance(values, ExternalValues):
+                info = external_data_helper.ExternalDataInfo(values.tensor)
+                files.add((values.base_dir / info.location).resolve())
+        return files
+
+
+def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
+    """The graph itself, then every nested subgraph (If/Loop/Scan bodies)."""
+    yield graph
+    yield from graph.subgraphs(recursive=True)
+
+
+def _all_constants(graph: gs.Graph) -> Iterator[gs.Constant]:
+    seen: set[int] = set()
+    for g in iter_graphs(graph):
+        for tensor in g.tensors().values():
+            if isinstance(tensor, gs.Constant) and id(tensor) not in seen:
+                seen.add(id(tensor))
+                yield tensor
+
+
+def constant_nbytes(tensor: gs.Constant) -> int:
+    """Size of a constant's data without loading it."""
+    values = tensor._values
+    if isinstance(values, LazyValues):
+        return int(values.nbytes)
+    return int(np.asarray(values).nbytes)
+
+
+def read_constant(tensor: gs.Constant) -> np.ndarray:
+    """A constant's values, without caching them on the tensor.
+
+    ``Constant.values`` replaces lazy values by a numpy array for good; passes that only look
+    (hashing, statistics) use this so that a multi-GB model is not pulled into memory.
+    """
+    values = tensor._values
+    if isinstance(values, LazyValues):
+        return values.load()
+    return np.asarray(values)
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def load(source: str | os.PathLike | bytes | onnx.ModelProto | Model) -> Model:
+    """Load a model from a path, serialized bytes or a ModelProto (never modified).
+
+    External data stays on disk until a pass reads it. Raises ModelLoadError with a
+    one-line explanation for a missing file, bytes that are not ONNX, or missing external data.
+    """
+    if isinstance(source, Model):
+        return source
+    if isinstance(source, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(source)
+        return _from_proto(proto, base_dir=None, source=None)
+    if isinstance(source, bytes | bytearray):
+        return _from_proto(_parse(bytes(source), "<bytes>"), base_dir=None, source=None)
+
+    path = Path(source)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory, not an ONNX model file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from exc
+    proto = _parse(data, str(path))
+    del data
+    return _from_proto(proto, base_dir=path.parent.resolve(), source=path.resolve())
+
+
+def _parse(data: bytes, label: str) -> onnx.ModelProto:
+    if not data:
+        raise ModelLoadError(f"{label}: file is empty, not an ONNX model")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except DecodeError as exc:
+        raise ModelLoadError(
+            f"{label}: not a valid ONNX protobuf (truncated or another format): {exc}"
+        ) from exc
+    if not proto.HasField("graph") or proto.ir_version == 0:
+        raise ModelLoadError(f"{label}: parses as protobuf but is not an ONNX model (no graph)")
+    return proto
+
+
+def _from_proto(proto: onnx.ModelProto, base_dir: Path | None, source: Path | None) -> Model:
+    external = [
+        t
+        for t in external_data_helper._get_all_tensors(proto)
+        if external_data_helper.uses_external_data(t)
+    ]
+    if external and base_dir is None:
+        raise ModelLoadError(
+            "the model refers to external data but was given without a folder: "
+            "load it from its file path instead"
+        )
+    for tensor in external:
+        location = external_data_helper.ExternalDataInfo(tensor).location
+        if not (base_dir / location).is_file():
+            raise ModelLoadError(
+                f"external data file '{location}' of tensor '{tensor.name}' is missing "
+                f"(looked in {base_dir})"
+            )
+    top_level = frozenset(t.name for t in proto.graph.initializer)
+    try:
+        graph = gs.import_onnx(proto)
+    except Exception as exc:  # gs raises bare exceptions on malformed graphs
+        raise ModelLoadError(f"cannot read the graph: {exc}") from exc
+    if external:
+        _attach_base_dir(graph, base_dir)
+
+    return Model(
+        graph=graph,
+        shell=_without_graph(proto),
+        base_dir=base_dir,
+        source=source,
+        top_level_initializers=top_level,
+    )
+
+
+def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model-level fields only: graph, functions and opsets are rebuilt from the gs graph."""
+    shell = onnx.ModelProto()
+    for descriptor, value in proto.ListFields():
+        if descriptor.name in ("graph", "functions", "opset_import"):
+            continue
+        if isinstance(value, Message):
+            getattr(shell, descriptor.name).CopyFrom(value)
+        elif not isinstance(value, str | bytes | int | float):  # a repeated field
+            getattr(shell, descriptor.name).extend(value)
+        else:
+            setattr(shell, descriptor.name, value)
+    return shell
+
+
+def _attach_base_dir(graph: gs.Graph, base_dir: Path) -> None:
+    for tensor in _all_constants(graph):
+        values = tensor._values
+        if (
+            isinstance(values, LazyValues)
+            and not isinstance(values, SparseValues)
+            and external_data_helper.uses_external_data(values.tensor)
+        ):
+            tensor._values = ExternalValues(values.tensor, base_dir)
+    for function in graph.functions:
+        _attach_base_dir(function, base_dir)
+
+
+# ----------------------------------------------------------------------------------- export
+
+
+@dataclass
+class _Skeleton:
+    """A model without its top-level initializers, and the constants that belong there."""
+
+    proto: onnx.ModelProto
+    initializers: list[gs.Constant]
+
+
+def _constants_by_graph(graph: gs.Graph) -> tuple[dict[int, gs.Constant], dict[int, int]]:
+    """Every constant input of every node, and in how many graphs each is read."""
+    constants: dict[int, gs.Constant] = {}
+    graph_count: dict[int, int] = {}
+    for g in iter_graphs(graph):
+        here = {
+            id(t): t
+            for node in g.nodes
+            for t in node.inputs
+            if isinstance(t, gs.Constant) and not isinstance(t._values, SparseValues)
+        }
+        here.update({id(t): t for t in g.outputs if isinstance(t, gs.Constant)})
+        for key, tensor in here.items():
+            constants[key] = tensor
+            graph_count[key] = graph_count.get(key, 0) + 1
+    return constants, graph_count
+
+
+def _export_skeleton(model: Model) -> _Skeleton:
+    """Export the graph with gs, keeping initializer data out of the exported proto.
+
+    Top-level initializers (and constants that gs would otherwise copy into every subgraph
+    that reads them) are swapped for data-less stand-ins during the export, then restored;
+    the caller decides how their data is written.
+    """
+    graph = model.graph
+    top_ids = {
+        id(t)
+        for t in graph.tensors().values()
+        if isinstance(t, gs.Constant) and not isinstance(t._values, SparseValues)
+    }
+    constants, graph_count = _constants_by_graph(graph)
+    hoisted = [
+        t
+        for key, t in constants.items()
+        if key not in top_ids and (graph_count[key] > 1 or t.name in model.top_level_initializers)
+    ]
+    ordered = [t for t in graph.tensors().values() if id(t) in top_ids] + hoisted
+    hoisted_names = {t.name for t in hoisted}
+
+    saved_values = [(t, t._values) for t in ordered]
+    try:
+        for tensor, _ in saved_values:
+            tensor._values = LazyValues(_data_less(tensor))
+        proto = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for tensor, values in saved_values:
+            tensor._values = values
+
+    del proto.graph.initializer[:]
+    if hoisted_names:
+        for sub in _subgraph_protos(proto.graph):
+            keep = [t for t in sub.initializer if t.name not in hoisted_names]
+            if len(keep) != len(sub.initializer):
+                del sub.initializer[:]
+                sub.initializer.extend(keep)
+
+    _restore_model_fields(proto, model.shell)
+    return _Skeleton(proto=proto, initializers=ordered)
+
+
+def _restore_model_fields(proto: onnx.ModelProto, shell: onnx.ModelProto) -> None:
+    opsets = list(proto.opset_import)
+    functions = list(proto.functions)
+    graph = proto.graph
+    rebuilt = onnx.ModelProto()
+    rebuilt.CopyFrom(shell)
+    if not rebuilt.ir_version:
+        rebuilt.ir_version = proto.ir_version
+    rebuilt.graph.CopyFrom(graph)
+    rebuilt.opset_import.extend(opsets)
+    rebuilt.functions.extend(functions)
+    proto.Clear()
+    proto.CopyFrom(rebuilt)
+
+
+def _subgraph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield attr.g
+                yield from _subgraph_protos(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield g
+                    yield from _subgraph_protos(g)
+
+
+def _data_less(tensor: gs.Constant) -> onnx.TensorProto:
+    """A TensorProto with the name, type and shape of a constant but none of its data."""
+    values = tensor._values
+    stub = onnx.TensorProto()
+    stub.name = tensor.name
+    if isinstance(values, LazyValues):
+        stub.data_type = values.tensor.data_type
+        stub.dims.extend(values.tensor.dims)
+    else:
+        array = np.asarray(values)
+        stub.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+        stub.dims.extend(array.shape)
+    return stub
+
+
+def _tensor_proto(tensor: gs.Constant, base_dir: Path | None) -> onnx.TensorProto:
+    """A self-contained TensorProto for a constant (external data read in)."""
+    values = tensor._values
+    if isinstance(values, LazyValues):
+        proto = values.tensor
+        proto.name = tensor.name
+        if external_data_helper.uses_external_data(proto):
+            return _inlined(proto, _source_dir(tensor, base_dir))
+        return proto
+    proto = numpy_helper.from_array(np.asarray(values), tensor.name)
+    return proto
+
+
+def to_proto(model: Model) -> onnx.ModelProto:
+    """The whole model as one in-memory ModelProto, external data read in.
+
+    Meant for handing a model to other Python tools; for files use :func:`save`, which does
+    not hold a second copy of the weights.
+    """
+    skeleton = _export_skeleton(model)
+    proto = skeleton.proto
+    _inline_nested_external(proto, model.base_dir)
+    proto.graph.initializer.extend(_tensor_proto(t, model.base_dir) for t in skeleton.initializers)
+    return proto
+
+
+def stub_proto(model: Model, keep_below: int = DEFAULT_SIZE_THRESHOLD) -> onnx.ModelProto:
+    """The model with its large top-level initializers reduced to name, type and shape.
+
+    Enough for shape inference and onnx.checker (which read small constants such as Reshape
+    targets, but never the bytes of large weights), at a fraction of the memory: this is
+    how models over 2 GiB are inferred and checked.
+    """
+    skeleton = _export_skeleton(model)
+    proto = skeleton.proto
+    for tensor in skeleton.initializers:
+        if constant_nbytes(tensor) < keep_below:
+            proto.graph.initializer.append(_tensor_proto(tensor, model.base_dir))
+        else:
+            stub = _data_less(tensor)
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            entry = stub.external_data.add()
+            entry.key, entry.value = "location", "onnxslim-stub-not-on-disk"
+            proto.graph.initializer.append(stub)
+    for nested in _nested_tensors(proto):
+        if external_data_helper.uses_external_data(nested):
+            _point_external(nested, model.base_dir)
+    return proto
+
+
+def _point_external(tensor: onnx.TensorProto, base_dir: Path | None) -> None:
+    """Make an external reference absolute so that it stays valid for a stub."""
+    if base_dir is None:
+        return
+    for entry in tensor.external_data:
+        if entry.key == "location":
+            entry.value = str(base_dir / entry.value)
+
+
+def _nested_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Tensors other than top-level initializers: subgraph initializers, node attributes."""
+    yield from external_data_helper._get_attribute_tensors(proto)
+    for sub in _subgraph_protos(proto.graph):
+        yield from sub.initializer
+    for function in proto.functions:
+        for node in function.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+
+
+def _inline_nested_external(proto: onnx.ModelProto, base_dir: Path | None) -> None:
+    for tensor in _nested_tensors(proto):
+        if external_data_helper.uses_external_data(tensor):
+            tensor.CopyFrom(_inlined(tensor, base_dir))
+
+
+def _inlined(tensor: onnx.TensorProto, base_dir: Path | None) -> onnx.TensorProto:
+    """A copy of an external tensor with its bytes read in."""
+    inline = onnx.TensorProto()
+    inline.CopyFrom(tensor)
+    external_data_helper.load_external_data_for_tensor(inline, str(base_dir))
+    inline.data_location = onnx.TensorProto.DEFAULT
+    del inline.external_data[:]
+    return inline
+
+
+def _source_dir(constant: gs.Constant, default: Path | None) -> Path | None:
+    values = constant._values
+    return values.base_dir if isinstance(values, ExternalValues) else default
+
+
+# ----------------------------------------------------------------------------------- saving
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _initializer_record(tensor_bytes: bytes) -> bytes:
+    """Header of a ``graph { initializer { <tensor_bytes> } }`` record (data follows)."""
+    inner_header = _TAG_GRAPH_INITIALIZER + _varint(len(tensor_bytes))
+    return _TAG_MODEL_GRAPH + _varint(len(inner_header) + len(tensor_bytes)) + inner_header
+
+
+class _DataFile:
+    """The external data file being written, with aligned appends."""
+
+    def __init__(self, handle, location: str) -> None:
+        self.handle = handle
+        self.location = location
+        self.offset = 0
+
+    def append(self, chunks: Iterator[bytes], length: int) -> onnx.TensorProto:
+        if length >= _ALIGN_ABOVE and self.offset % _ALIGNMENT:
+            pad = _ALIGNMENT - self.offset % _ALIGNMENT
+            self.handle.write(b"\0" * pad)
+            self.offset += pad
+        start = self.offset
+        for chunk in chunks:
+            self.handle.write(chunk)
+            self.offset += len(chunk)
+        reference = onnx.TensorProto()
+        reference.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (
+            ("location", self.location),
+            ("offset", str(start)),
+            ("length", str(length)),
+        ):
+            entry = reference.external_data.add()
+            entry.key, entry.value = key, value
+        return reference
+
+
+def _external_chunks(tensor: onnx.TensorProto, base_dir: Path) -> tuple[Iterator[bytes], int]:
+    info = external_data_helper.ExternalDataInfo(tensor)
+    path = base_dir / info.location
+    length = info.length if info.length else path.stat().st_size - (info.offset or 0)
+
+    def chunks() -> Iterator[bytes]:
+        with open(path, "rb") as handle:
+            handle.seek(info.offset or 0)
+            left = length
+            while left > 0:
+                block = handle.read(min(_COPY_CHUNK, left))
+                if not block:
+                    raise ModelSaveError(f"external data file {path} is shorter than recorded")
+                left -= len(block)
+                yield block
+
+    return chunks(), length
+
+
+def _raw_bytes(tensor: onnx.TensorProto) -> bytes | None:
+    """The raw little-endian bytes of an inline tensor, or None for strings."""
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    return numpy_helper.to_array(tensor).tobytes()
+
+
+def _externalize(
+    source: onnx.TensorProto,
+    source_dir: Path | None,
+    data_file: _DataFile,
+    size_threshold: int,
+    nbytes: int,
+) -> onnx.TensorProto:
+    """The tensor as it should be written: a reference into the new data file, or inline."""
+    if source.data_type == onnx.TensorProto.STRING or nbytes < size_threshold:
+        if external_data_helper.uses_external_data(source):
+            return _inlined(source, source_dir)
+        return source
+    if external_data_helper.uses_external_data(source):
+        chunks, length = _external_chunks(source, source_dir)
+    else:
+        raw = _raw_bytes(source)
+        chunks, length = iter((raw,)), len(raw)
+    reference = data_file.append(chunks, length)
+    result = onnx.TensorProto()
+    result.name = source.name
+    result.data_type = source.data_type
+    result.dims.extend(source.dims)
+    result.doc_string = source.doc_string
+    result.data_location = reference.data_location
+    result.external_data.extend(reference.external_data)
+    return result
+
+
+def _estimated_size(skeleton: _Skeleton) -> int:
+    return skeleton.proto.ByteSize() + sum(constant_nbytes(t) for t in skeleton.initializers)
+
+
+class _PendingFile:
+    """A temporary file beside its destination that replaces it only on ``commit``."""
+
+    def __init__(self, destination: Path) -> None:
+        self.destination = destination
+        fd, self.temp_name = tempfile.mkstemp(
+            prefix=f".{destination.name}.", dir=destination.parent
+        )
+        self.handle = os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.chmod(self.temp_name, 0o644)
+        os.replace(self.temp_name, self.destination)
+        self.temp_name = None
+
+    def discard(self) -> None:
+        if self.temp_name is not None:
+            self.handle.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.temp_name)
+
+
+def save(
+    model: Model,
+    path: str | os.PathLike,
+    *,
+    external_data: bool | None = None,
+    location: str | None = None,
+    size_threshold: int = DEFAULT_SIZE_THRESHOLD,
+) -> Path:
+    """Write ``model`` to ``path`` atomically; return the path.
+
+    ``external_data=None`` chooses for you: external data when the model would not fit the
+    2 GiB protobuf limit, inline otherwise. The data file is ``location`` (default
+    ``<file name>.data``) beside the model. Files the model still reads from are never
+    overwritten.
+    """
+    destination = Path(path)
+    if not destination.parent.exists():
+        raise ModelSaveError(f"{destination.parent}: output folder does not exist")
+    if destination.is_dir():
+        raise ModelSaveError(f"{destination}: is a directory")
+
+    skeleton = _export_skeleton(model)
+    if external_data is None:
+        external_data = _estimated_size(skeleton) > PROTOBUF_LIMIT - _INLINE_MARGIN
+    location = location or f"{destination.name}.data"
+    data_path = destination.parent / location
+    protected = model.external_files() | ({model.source} if model.source else set())
+    for target in (destination, data_path) if external_data else (destination,):
+        if target.resolve() in protected:
+            raise ModelSaveError(
+                f"{target}: the model being saved reads from this file; choose another output path"
+            )
+
+    pending: list[_PendingFile] = []
+    try:
+        data_file = None
+        if external_data:
+            pending.append(_PendingFile(data_path))
+            data_file = _DataFile(pending[-1].handle, location)
+        pending.append(_PendingFile(destination))
+        _write_model_file(pending[-1].handle, skeleton, model, data_file, size_threshold)
+        for file in pending:  # data first: the model file must never point at missing data
+            file.commit()
+    except OSError as exc:
+        raise ModelSaveError(f"{destination}: cannot write ({exc.strerror or exc})") from exc
+    finally:
+        for file in pending:
+            file.discard()
+    return destination
+
+
+def _write_model_file(
+    handle,
+    skeleton: _Skeleton,
+    model: Model,
+    data_file: _DataFile | None,
+    size_threshold: int,
+) -> None:
+    proto = skeleton.proto
+    if data_file is None:
+        _inline_nested_external(proto, model.base_dir)
+    else:
+        for nested in _nested_tensors(proto):
+            nbytes = _nested_nbytes(nested)
+            nested.CopyFrom(_externalize(nested, model.base_dir, data_file, size_threshold, nbytes))
+
+    handle.write(proto.SerializeToString())
+    for constant in skeleton.initializers:
+        if data_file is None:
+            tensor = _tensor_proto(constant, model.base_dir)
+        else:
+            tensor = _externalize(
+                _source_proto(constant),
+                _source_dir(constant, model.base_dir),
+                data_file,
+                size_threshold,
+                constant_nbytes(constant),
+            )
+        payload = tensor.SerializeToString()
+        handle.write(_initializer_record(payload))
+        handle.write(payload)
+
+
+def _source_proto(constant: gs.Constant) -> onnx.TensorProto:
+    values = constant._values
+    if isinstance(values, LazyValues):
+        values.tensor.name = constant.name
+        return values.tensor
+    return numpy_helper.from_array(np.asarray(values), constant.name)
+
+
+def _nested_nbytes(tensor: onnx.TensorProto) -> int:
+    if external_data_helper.uses_external_data(tensor):
+        return external_data_helper.ExternalDataInfo(tensor).length or 0
+    raw = _raw_bytes(tensor)
+    return len(raw) if raw is not None else 0
