@@ -35,11 +35,13 @@ __all__ = [
     "Model",
     "load",
     "save",
+    "refuse_overwriting_sources",
     "to_proto",
     "stub_proto",
     "read_constant",
     "constant_nbytes",
     "iter_graphs",
+    "all_constants",
     "PROTOBUF_LIMIT",
 ]
 
@@ -106,17 +108,20 @@ class Model:
 
     def initializer_bytes(self) -> int:
         """Bytes of constant data (each constant counted once, subgraphs included)."""
-        seen: dict[int, int] = {}
-        for graph in iter_graphs(self.graph):
-            for tensor in graph.tensors().values():
-                if isinstance(tensor, gs.Constant):
-                    seen[id(tensor)] = constant_nbytes(tensor)
-        return sum(seen.values())
+        return sum(constant_nbytes(t) for t in all_constants(self.graph))
+
+    def to_proto(self) -> onnx.ModelProto:
+        """The whole model as an in-memory ModelProto (see :func:`to_proto`)."""
+        return to_proto(self)
+
+    def save(self, path: str | os.PathLike, **options) -> Path:
+        """Write the model atomically (see :func:`save`)."""
+        return save(self, path, **options)
 
     def external_files(self) -> set[Path]:
         """External data files that constants of this model still read from."""
         files = set()
-        for tensor in _all_constants(self.graph):
+        for tensor in all_constants(self.graph):
             values = tensor._values
             if isinstance(values, ExternalValues):
                 info = external_data_helper.ExternalDataInfo(values.tensor)
@@ -130,7 +135,8 @@ def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
     yield from graph.subgraphs(recursive=True)
 
 
-def _all_constants(graph: gs.Graph) -> Iterator[gs.Constant]:
+def all_constants(graph: gs.Graph) -> Iterator[gs.Constant]:
+    """Every constant of the graph and its subgraphs, each once."""
     seen: set[int] = set()
     for g in iter_graphs(graph):
         for tensor in g.tensors().values():
@@ -257,7 +263,7 @@ def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _attach_base_dir(graph: gs.Graph, base_dir: Path) -> None:
-    for tensor in _all_constants(graph):
+    for tensor in all_constants(graph):
         values = tensor._values
         if (
             isinstance(values, LazyValues)
@@ -410,36 +416,25 @@ def to_proto(model: Model) -> onnx.ModelProto:
 
 
 def stub_proto(model: Model, keep_below: int = DEFAULT_SIZE_THRESHOLD) -> onnx.ModelProto:
-    """The model with its large top-level initializers reduced to name, type and shape.
+    """The model with its large top-level initializers turned into typed graph inputs.
 
-    Enough for shape inference and onnx.checker (which read small constants such as Reshape
-    targets, but never the bytes of large weights), at a fraction of the memory: this is
-    how models over 2 GiB are inferred and checked.
+    Enough for shape inference and onnx.checker, which read small constants such as Reshape
+    targets but never the bytes of large weights, at a fraction of the memory: this is how
+    models over 2 GiB are inferred and checked.
     """
     skeleton = _export_skeleton(model)
     proto = skeleton.proto
+    input_names = {value.name for value in proto.graph.input}
     for tensor in skeleton.initializers:
         if constant_nbytes(tensor) < keep_below:
             proto.graph.initializer.append(_tensor_proto(tensor, model.base_dir))
-        else:
+        elif tensor.name not in input_names:
             stub = _data_less(tensor)
-            stub.data_location = onnx.TensorProto.EXTERNAL
-            entry = stub.external_data.add()
-            entry.key, entry.value = "location", "onnxslim-stub-not-on-disk"
-            proto.graph.initializer.append(stub)
-    for nested in _nested_tensors(proto):
-        if external_data_helper.uses_external_data(nested):
-            _point_external(nested, model.base_dir)
+            proto.graph.input.append(
+                onnx.helper.make_tensor_value_info(stub.name, stub.data_type, list(stub.dims))
+            )
+    _inline_nested_external(proto, model.base_dir)
     return proto
-
-
-def _point_external(tensor: onnx.TensorProto, base_dir: Path | None) -> None:
-    """Make an external reference absolute so that it stays valid for a stub."""
-    if base_dir is None:
-        return
-    for entry in tensor.external_data:
-        if entry.key == "location":
-            entry.value = str(base_dir / entry.value)
 
 
 def _nested_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
@@ -585,6 +580,21 @@ def _estimated_size(skeleton: _Skeleton) -> int:
     return skeleton.proto.ByteSize() + sum(constant_nbytes(t) for t in skeleton.initializers)
 
 
+def refuse_overwriting_sources(model: Model, targets: list[Path]) -> None:
+    """Raise ModelSaveError if writing ``targets`` would overwrite a file the model came from.
+
+    Inputs are never modified: not the model file, and not the external data that constants
+    of the model still read lazily.
+    """
+    protected = model.external_files() | ({model.source} if model.source else set())
+    for target in targets:
+        if Path(target).resolve() in protected:
+            raise ModelSaveError(
+                f"{target}: this would overwrite the input model or its external data; "
+                "choose another output path"
+            )
+
+
 class _PendingFile:
     """A temporary file beside its destination that replaces it only on ``commit``."""
 
@@ -636,12 +646,7 @@ def save(
         external_data = _estimated_size(skeleton) > PROTOBUF_LIMIT - _INLINE_MARGIN
     location = location or f"{destination.name}.data"
     data_path = destination.parent / location
-    protected = model.external_files() | ({model.source} if model.source else set())
-    for target in (destination, data_path) if external_data else (destination,):
-        if target.resolve() in protected:
-            raise ModelSaveError(
-                f"{target}: the model being saved reads from this file; choose another output path"
-            )
+    refuse_overwriting_sources(model, [destination, data_path] if external_data else [destination])
 
     pending: list[_PendingFile] = []
     try:

@@ -1,0 +1,240 @@
+"""The post-export API: optimize a model in one call, with an optional numerics check.
+
+>>> import onnxslim
+>>> model, report = onnxslim.optimize("model.onnx", output="model.slim.onnx")  # doctest: +SKIP
+>>> report.after.nodes <= report.before.nodes  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxslim.checking import check_model
+from onnxslim.errors import ModelSaveError
+from onnxslim.model import Model, all_constants, load, save
+from onnxslim.model import refuse_overwriting_sources as _refuse_overwriting_sources
+from onnxslim.pipeline import PassContext, PassManager, PassRecord, Step
+from onnxslim.registry import DEFAULT_PIPELINE, load_plugin, load_recipe, parse_pipeline
+
+__all__ = ["optimize", "OptimizeResult", "OptimizeReport", "ModelSummary", "ValidationOptions"]
+
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto | Model
+
+
+@dataclass
+class ModelSummary:
+    """Size facts of a model at one stage."""
+
+    nodes: int
+    initializers: int
+    initializer_bytes: int
+    file_bytes: int | None = None
+
+    @classmethod
+    def of(cls, model: Model, files: Sequence[Path] = ()) -> ModelSummary:
+        constants = list(all_constants(model.graph))
+        existing = [Path(f) for f in files if Path(f).exists()]
+        return cls(
+            nodes=model.node_count(),
+            initializers=len(constants),
+            initializer_bytes=model.initializer_bytes(),
+            file_bytes=sum(f.stat().st_size for f in existing) if existing else None,
+        )
+
+
+@dataclass
+class ValidationOptions:
+    """How ``optimize(validate=...)`` compares the result with the original."""
+
+    providers: Sequence[str] = ("cpu",)
+    inputs: Any = None
+    input_shapes: dict[str, list[int]] | None = None
+    samples: int = 1
+    seed: int = 0
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    min_cosine: float | None = None
+    tf32: bool = False
+
+
+@dataclass
+class OptimizeReport:
+    """What ``optimize`` did: sizes before and after, a record per pass, timings, validation."""
+
+    pipeline: str
+    before: ModelSummary
+    after: ModelSummary
+    passes: list[PassRecord]
+    load_seconds: float
+    optimize_seconds: float
+    save_seconds: float = 0.0
+    output: str | None = None
+    written: bool = False
+    validation: Any = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_seconds(self) -> float:
+        return self.load_seconds + self.optimize_seconds + self.save_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["total_seconds"] = self.total_seconds
+        data["validation"] = self.validation.to_dict() if self.validation else None
+        return data
+
+
+@dataclass
+class OptimizeResult:
+    """The optimized model and the report; unpacks as ``model, report``."""
+
+    model: Model
+    report: OptimizeReport
+
+    def __iter__(self) -> Iterator[Any]:
+        yield self.model
+        yield self.report
+
+    def to_proto(self) -> onnx.ModelProto:
+        return self.model.to_proto()
+
+
+def resolve_steps(
+    passes: str | Sequence[Step] | None = None,
+    *,
+    recipe: str | os.PathLike | None = None,
+    skip: Sequence[str] = (),
+    plugins: Sequence[str | os.PathLike] = (),
+) -> list[Step]:
+    """The steps to run: a spec string, ready-made steps, a recipe file, or the default."""
+    for plugin in plugins:
+        load_plugin(plugin)
+    if recipe is not None:
+        steps = load_recipe(recipe)
+        return parse_pipeline(",".join(s.label() for s in steps), skip=skip) if skip else steps
+    if passes is None or isinstance(passes, str):
+        return parse_pipeline(passes or DEFAULT_PIPELINE, skip=skip)
+    return list(passes)
+
+
+def optimize(
+    model: ModelSource,
+    passes: str | Sequence[Step] | None = None,
+    *,
+    recipe: str | os.PathLike | None = None,
+    skip: Sequence[str] = (),
+    plugins: Sequence[str | os.PathLike] = (),
+    output: str | os.PathLike | None = None,
+    external_data: bool | None = None,
+    verify_each: bool = False,
+    validate: bool | ValidationOptions = False,
+    check_input: bool = True,
+    on_record=None,
+) -> OptimizeResult:
+    """Load ``model``, run the pipeline, optionally save and validate.
+
+    ``model`` is a path, serialized bytes, a ModelProto (e.g. straight from
+    ``torch.onnx.export``; it is copied, never modified) or a :class:`Model`. ``passes`` is a
+    spec string (default: the lossless pipeline to a fixed point) or a list of steps.
+
+    With ``output`` the result is written atomically; with ``validate`` as well, it is written
+    only if its outputs match the original's under onnxruntime (``report.written`` tells).
+    """
+    steps = resolve_steps(passes, recipe=recipe, skip=skip, plugins=plugins)
+    options = ValidationOptions() if validate is True else (validate or None)
+    output_path = Path(output) if output is not None else None
+
+    start = time.perf_counter()
+    loaded = load(model)
+    if check_input:
+        check_model(loaded, full=False)
+    if output_path is not None:
+        _refuse_overwriting_sources(loaded, [output_path, _data_path(output_path)])
+    load_seconds = time.perf_counter() - start
+    source_files = [loaded.source] if loaded.source else []
+    before = ModelSummary.of(loaded, source_files + sorted(loaded.external_files()))
+
+    with tempfile.TemporaryDirectory(prefix="onnxslim-") as scratch:
+        reference = _reference_path(model, loaded, options, Path(scratch))
+        start = time.perf_counter()
+        manager = PassManager(steps, verify_each=verify_each, on_record=on_record)
+        records = manager.run(loaded, PassContext(model=loaded))
+        optimize_seconds = time.perf_counter() - start
+
+        report = OptimizeReport(
+            pipeline=",".join(step.label() for step in steps),
+            before=before,
+            after=ModelSummary.of(loaded),
+            passes=records,
+            load_seconds=load_seconds,
+            optimize_seconds=optimize_seconds,
+            output=str(output_path) if output_path else None,
+        )
+        start = time.perf_counter()
+        if output_path is not None:
+            _write(loaded, output_path, external_data, reference, options, report)
+        elif options is not None:
+            candidate = save(loaded, Path(scratch) / "candidate.onnx", external_data=external_data)
+            report.validation = _validate(reference, candidate, options)
+        report.save_seconds = time.perf_counter() - start
+    return OptimizeResult(model=loaded, report=report)
+
+
+def _data_path(output: Path) -> Path:
+    return output.parent / f"{output.name}.data"
+
+
+def _reference_path(
+    original: ModelSource, loaded: Model, options: ValidationOptions | None, scratch: Path
+) -> Path | None:
+    """A file holding the untouched original, for onnxruntime to compare against."""
+    if options is None:
+        return None
+    if isinstance(original, str | os.PathLike):
+        return Path(original)
+    return save(load(original), scratch / "reference.onnx")
+
+
+def _validate(reference: Path, candidate: Path, options: ValidationOptions):
+    from onnxslim.validate import validate
+
+    return validate(reference, candidate, **asdict(options))
+
+
+def _write(
+    model: Model,
+    output: Path,
+    external_data: bool | None,
+    reference: Path | None,
+    options: ValidationOptions | None,
+    report: OptimizeReport,
+) -> None:
+    """Save, and with validation stage the files so that a failing model is never written."""
+    if options is None:
+        save(model, output, external_data=external_data)
+        report.written = True
+        report.after = ModelSummary.of(model, [output, _data_path(output)])
+        return
+    if not output.parent.is_dir():
+        raise ModelSaveError(f"{output.parent}: output folder does not exist")
+    with tempfile.TemporaryDirectory(prefix=".onnxslim-", dir=output.parent) as staging:
+        staged = save(model, Path(staging) / output.name, external_data=external_data)
+        report.validation = _validate(reference, staged, options)
+        staged_data = _data_path(staged)
+        report.after = ModelSummary.of(model, [staged, staged_data])
+        if not report.validation.passed:
+            report.notes.append(f"{output} was not written: the outputs do not match")
+            return
+        if staged_data.exists():
+            os.replace(staged_data, _data_path(output))
+        os.replace(staged, output)
+        report.written = True

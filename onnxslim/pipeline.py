@@ -1,0 +1,276 @@
+"""Passes and the manager that runs them.
+
+A pass author writes a dataclass with typed options and one ``run`` method; the manager does
+everything around it: dead-code removal and topological order after each change, timing,
+node and weight statistics, fixed-point repetition and, on request, verification after every
+pass.
+
+>>> from dataclasses import dataclass
+>>> import onnx_graphsurgeon as gs
+>>> @dataclass
+... class DropNothing(Pass):
+...     '''An example pass that never changes anything.'''
+...     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
+...         return False
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import tempfile
+import time
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import onnx_graphsurgeon as gs
+
+from onnxslim.errors import OnnxSlimError, PassError, VerificationError
+from onnxslim.model import Model
+
+__all__ = [
+    "Pass",
+    "PassContext",
+    "PassRecord",
+    "FixedPoint",
+    "Step",
+    "PassManager",
+    "OptionSpec",
+    "DEFAULT_MAX_ITERATIONS",
+]
+
+DEFAULT_MAX_ITERATIONS = 10
+
+
+@dataclass
+class PassContext:
+    """What some passes need and most ignore.
+
+    ``providers`` are execution providers for passes that evaluate the graph, ``log`` takes
+    one-line notes that end up in the report (e.g. why a pass left something untouched).
+    """
+
+    model: Model
+    providers: Sequence[str] = ("cpu",)
+    target_opset: int | None = None
+    reference: Model | None = None
+    calibration: Any = None
+    notes: list[str] = field(default_factory=list)
+
+    def log(self, message: str) -> None:
+        self.notes.append(message)
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option of a pass, as ``onnxslim passes`` lists it."""
+
+    name: str
+    type_name: str
+    default: Any
+    annotation: Any
+
+
+class Pass:
+    """Base class for graph rewrites.
+
+    Subclasses are dataclasses whose fields are their options. ``run`` rewrites ``graph`` in
+    place and returns True when it changed anything. Set ``lossless = False`` for passes that
+    change numerics on purpose (quantization, pruning); ``verify_each`` then checks only
+    validity for them, not equality of outputs.
+    """
+
+    name: ClassVar[str] = ""
+    lossless: ClassVar[bool] = True
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
+        raise NotImplementedError(f"{type(self).__name__} must implement run(graph, ctx)")
+
+    @classmethod
+    def description(cls) -> str:
+        """The first paragraph of the docstring: what the pass is for."""
+        doc = inspect.getdoc(cls) or ""
+        return doc.split("\n\n")[0].replace("\n", " ").strip()
+
+    @classmethod
+    def options(cls) -> list[OptionSpec]:
+        if not dataclasses.is_dataclass(cls):
+            return []
+        hints = typing.get_type_hints(cls)
+        specs = []
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            default = f.default
+            if f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            annotation = hints.get(f.name, Any)
+            specs.append(OptionSpec(f.name, _type_name(annotation), default, annotation))
+        return specs
+
+    def option_values(self) -> dict[str, Any]:
+        return {spec.name: getattr(self, spec.name) for spec in self.options()}
+
+    def label(self) -> str:
+        """The pass as a spec item, with the options that differ from their defaults."""
+        changed = [
+            f"{spec.name}={getattr(self, spec.name)!r}"
+            for spec in self.options()
+            if getattr(self, spec.name) != spec.default
+        ]
+        return f"{self.name}({', '.join(changed)})" if changed else self.name
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation in (int, float, str, bool):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+@dataclass
+class FixedPoint:
+    """Steps repeated until a round changes nothing, at most ``max_iterations`` rounds."""
+
+    steps: list[Step]
+    max_iterations: int = DEFAULT_MAX_ITERATIONS
+
+    def label(self) -> str:
+        inner = ",".join(step.label() for step in self.steps)
+        return f"[{inner}]*{self.max_iterations}"
+
+
+Step = Pass | FixedPoint
+
+
+@dataclass
+class PassRecord:
+    """What one run of one pass did."""
+
+    name: str
+    changed: bool
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+    initializer_bytes_before: int
+    initializer_bytes_after: int
+    round: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+Verifier = Callable[[Model, Model | None, Pass], None]
+
+
+class PassManager:
+    """Runs steps in order and records what each pass did.
+
+    ``verify_each`` checks the model after every pass that changed it: onnx.checker with
+    shape inference, and for lossless passes equal outputs against the model before the pass.
+    The first pass that breaks the model is named in the VerificationError.
+    """
+
+    def __init__(
+        self,
+        steps: Sequence[Step],
+        *,
+        verify_each: bool = False,
+        on_record: Callable[[PassRecord], None] | None = None,
+    ) -> None:
+        self.steps = list(steps)
+        self.verify_each = verify_each
+        self.on_record = on_record
+        self.records: list[PassRecord] = []
+
+    def run(self, model: Model, ctx: PassContext | None = None) -> list[PassRecord]:
+        ctx = ctx or PassContext(model=model)
+        self.records = []
+        with tempfile.TemporaryDirectory(prefix="onnxslim-verify-") as scratch:
+            self._scratch = Path(scratch)
+            self._run_steps(self.steps, model, ctx, round_number=None)
+        return self.records
+
+    def _run_steps(
+        self, steps: Sequence[Step], model: Model, ctx: PassContext, round_number: int | None
+    ) -> bool:
+        changed = False
+        for step in steps:
+            if isinstance(step, FixedPoint):
+                changed |= self._run_fixed_point(step, model, ctx)
+            else:
+                changed |= self._run_pass(step, model, ctx, round_number)
+        return changed
+
+    def _run_fixed_point(self, group: FixedPoint, model: Model, ctx: PassContext) -> bool:
+        changed_any = False
+        for round_number in range(1, group.max_iterations + 1):
+            if not self._run_steps(group.steps, model, ctx, round_number):
+                break
+            changed_any = True
+        return changed_any
+
+    def _run_pass(
+        self, step: Pass, model: Model, ctx: PassContext, round_number: int | None
+    ) -> bool:
+        graph = model.graph
+        nodes_before = model.node_count()
+        bytes_before = model.initializer_bytes()
+        before = self._snapshot(model, step) if self.verify_each else None
+        ctx.notes = []
+        start = time.perf_counter()
+        try:
+            changed = bool(step.run(graph, ctx))
+            if changed:
+                graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True)
+                graph.toposort(recurse_subgraphs=True)
+        except OnnxSlimError:
+            raise
+        except Exception as exc:
+            raise PassError(f"pass '{step.name}' failed: {type(exc).__name__}: {exc}") from exc
+        seconds = time.perf_counter() - start
+        record = PassRecord(
+            name=step.label(),
+            changed=changed,
+            seconds=seconds,
+            nodes_before=nodes_before,
+            nodes_after=model.node_count(),
+            initializer_bytes_before=bytes_before,
+            initializer_bytes_after=model.initializer_bytes(),
+            round=round_number,
+            notes=list(ctx.notes),
+        )
+        self.records.append(record)
+        if self.on_record:
+            self.on_record(record)
+        if self.verify_each and changed:
+            self._verify(model, before, step)
+        return changed
+
+    def _snapshot(self, model: Model, step: Pass) -> Path | None:
+        """The model before a lossless pass, on disk, to compare outputs against afterwards."""
+        if not step.lossless:
+            return None
+        from onnxslim.model import save
+
+        path = self._scratch / f"before-{len(self.records)}.onnx"
+        return save(model, path)
+
+    def _verify(self, model: Model, before: Path | None, step: Pass) -> None:
+        from onnxslim.checking import check_model
+        from onnxslim.model import save
+
+        try:
+            check_model(model)
+        except OnnxSlimError as exc:
+            raise VerificationError(f"pass '{step.name}' produced an invalid model: {exc}") from exc
+        if before is None:
+            return
+        from onnxslim.validate import validate
+
+        after = save(model, self._scratch / f"after-{len(self.records)}.onnx")
+        report = validate(before, after, samples=1, atol=1e-5, rtol=1e-4, progress=False)
+        if not report.passed:
+            raise VerificationError(
+                f"pass '{step.name}' changed the outputs: {report.failure_summary()}"
+            )

@@ -1,0 +1,250 @@
+"""Rendering results for people (rich tables) and machines (JSON).
+
+Library calls return plain dataclasses; only this module and the CLI know how they look.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from onnxslim.api import OptimizeReport
+from onnxslim.pipeline import Pass
+from onnxslim.summary import ModelDescription
+
+__all__ = [
+    "render_optimize",
+    "render_validation",
+    "render_description",
+    "render_passes",
+    "to_json",
+    "passes_to_dict",
+    "human_bytes",
+]
+
+_GOOD, _BAD = "[green]✓[/]", "[red]✗[/]"
+
+
+def human_bytes(count: int | None) -> str:
+    if count is None:
+        return "-"
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{value:.2f} GB"
+
+
+def _human_count(count: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(count) >= size:
+            return f"{count / size:.2f}{unit}"
+    return str(count)
+
+
+def _change(before: float | None, after: float | None) -> str:
+    if not before or after is None:
+        return "-"
+    ratio = (after - before) / before * 100
+    colour = "green" if ratio < 0 else ("red" if ratio > 0 else "dim")
+    return f"[{colour}]{ratio:+.1f}%[/]"
+
+
+def render_optimize(report: OptimizeReport, console: Console) -> None:
+    summary = Table(title="onnxslim optimize", title_justify="left")
+    summary.add_column("")
+    summary.add_column("before", justify="right")
+    summary.add_column("after", justify="right")
+    summary.add_column("change", justify="right")
+    b, a = report.before, report.after
+    summary.add_row("nodes", str(b.nodes), str(a.nodes), _change(b.nodes, a.nodes))
+    summary.add_row(
+        "initializers",
+        str(b.initializers),
+        str(a.initializers),
+        _change(b.initializers, a.initializers),
+    )
+    summary.add_row(
+        "weights",
+        human_bytes(b.initializer_bytes),
+        human_bytes(a.initializer_bytes),
+        _change(b.initializer_bytes, a.initializer_bytes),
+    )
+    summary.add_row(
+        "file size",
+        human_bytes(b.file_bytes),
+        human_bytes(a.file_bytes),
+        _change(b.file_bytes, a.file_bytes),
+    )
+    summary.add_row(
+        "time",
+        f"load {report.load_seconds:.2f}s",
+        f"passes {report.optimize_seconds:.2f}s, save {report.save_seconds:.2f}s",
+        f"{report.total_seconds:.2f}s",
+    )
+    console.print(summary)
+
+    passes = Table(title="passes", title_justify="left")
+    for column in ("pass", "round", "nodes", "weights", "time"):
+        passes.add_column(column, justify="left" if column == "pass" else "right")
+    passes.add_column("notes")
+    for record in report.passes:
+        delta = record.nodes_after - record.nodes_before
+        byte_delta = record.initializer_bytes_after - record.initializer_bytes_before
+        passes.add_row(
+            record.name if record.changed else f"[dim]{record.name}[/]",
+            str(record.round or ""),
+            f"{delta:+d}" if delta else "[dim]0[/]",
+            (("+" if byte_delta > 0 else "-") + human_bytes(abs(byte_delta)))
+            if byte_delta
+            else "[dim]0[/]",
+            f"{record.seconds * 1000:.0f} ms",
+            "; ".join(record.notes),
+        )
+    console.print(passes)
+    if report.validation is not None:
+        render_validation(report.validation, console)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if report.output and report.written:
+        console.print(f"wrote [bold]{report.output}[/]")
+
+
+def _metric(value: float | None, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return format(value, fmt)
+
+
+def render_validation(report, console: Console) -> None:
+    tolerances = f"atol={report.atol:g} rtol={report.rtol:g}"
+    if report.min_cosine is not None:
+        tolerances += f" min_cosine={report.min_cosine:g}"
+    table = Table(
+        title=f"validation: {report.samples} sample(s), {tolerances}", title_justify="left"
+    )
+    for column in ("provider", "output", "shape", "max abs", "mean abs", "cosine", "SQNR dB"):
+        table.add_column(column, justify="left" if column in ("provider", "output") else "right")
+    table.add_column("top-1", justify="right")
+    table.add_column("")
+    for row in report.outputs:
+        table.add_row(
+            row.provider,
+            row.name,
+            "x".join(map(str, row.shape)) if row.shape is not None else "-",
+            _metric(row.max_abs, ".3g"),
+            _metric(row.mean_abs, ".3g"),
+            _metric(row.cosine, ".6f"),
+            _metric(row.sqnr_db, ".1f"),
+            _metric(row.top1_agreement, ".1%"),
+            _GOOD if row.passed else f"{_BAD} {row.reason or ''}",
+        )
+    console.print(table)
+    verdict = "[green]outputs match[/]" if report.passed else "[red]outputs differ[/]"
+    console.print(verdict)
+
+
+def render_description(info: ModelDescription, console: Console) -> None:
+    header = Table(title=info.path or "model", title_justify="left", show_header=False)
+    header.add_column("")
+    header.add_column("")
+    header.add_row("IR version", str(info.ir_version))
+    header.add_row("opsets", ", ".join(f"{d} {v}" for d, v in info.opsets.items()))
+    header.add_row("producer", info.producer or "-")
+    header.add_row("nodes", str(info.nodes))
+    header.add_row(
+        "parameters", f"{_human_count(info.parameters)} ({human_bytes(info.parameter_bytes)})"
+    )
+    header.add_row("size on disk", human_bytes(info.file_bytes))
+    flops = ", ".join(f"{op} {_human_count(v)}" for op, v in info.flops_by_op.items())
+    header.add_row("FLOPs (est.)", f"{_human_count(info.flops)}" + (f" ({flops})" if flops else ""))
+    console.print(header)
+
+    signature = Table(title="signature", title_justify="left")
+    for column in ("", "name", "dtype", "shape"):
+        signature.add_column(column)
+    for kind, values in (("input", info.inputs), ("output", info.outputs)):
+        for value in values:
+            shape = (
+                "?"
+                if value.shape is None
+                else "[" + ", ".join(str(d) if d is not None else "?" for d in value.shape) + "]"
+            )
+            signature.add_row(kind, value.name, value.dtype, shape)
+    console.print(signature)
+
+    ops = Table(title="operators", title_justify="left")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, count in info.op_histogram.items():
+        ops.add_row(op, str(count))
+    console.print(ops)
+    for note in info.notes:
+        console.print(f"[dim]{note}[/]")
+
+
+def render_passes(passes: dict[str, type[Pass]], console: Console) -> None:
+    table = Table(title="registered passes", title_justify="left", show_lines=True)
+    table.add_column("pass", style="bold")
+    table.add_column("lossless")
+    table.add_column("options")
+    table.add_column("description")
+    for name, cls in passes.items():
+        options = "\n".join(f"{o.name}: {o.type_name} = {o.default!r}" for o in cls.options())
+        table.add_row(name, _GOOD if cls.lossless else "no", options or "-", cls.description())
+    console.print(table)
+
+
+def passes_to_dict(passes: dict[str, type[Pass]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "lossless": cls.lossless,
+            "description": cls.description(),
+            "options": [
+                {"name": o.name, "type": o.type_name, "default": o.default} for o in cls.options()
+            ],
+        }
+        for name, cls in passes.items()
+    ]
+
+
+def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no infinity: write it as a string that still reads as one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def to_json(data: Any) -> str:
+    if hasattr(data, "to_dict"):
+        data = data.to_dict()
+    return json.dumps(_finite(json.loads(json.dumps(data, default=_json_default))), indent=2)

@@ -1,0 +1,150 @@
+"""What ``onnxslim inspect`` shows: a model's signature, ops, parameters and estimated FLOPs."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxslim.model import Model, all_constants, iter_graphs, load, stub_proto
+
+__all__ = ["ModelDescription", "TensorDescription", "describe", "estimate_flops"]
+
+
+@dataclass
+class TensorDescription:
+    name: str
+    dtype: str
+    shape: list[int | str | None] | None
+
+
+@dataclass
+class ModelDescription:
+    """The facts a person looks for first in an unfamiliar model."""
+
+    path: str | None
+    ir_version: int
+    opsets: dict[str, int]
+    producer: str
+    inputs: list[TensorDescription]
+    outputs: list[TensorDescription]
+    nodes: int
+    op_histogram: dict[str, int]
+    parameters: int
+    parameter_bytes: int
+    file_bytes: int | None
+    flops: int
+    flops_by_op: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe(source: str | Path | Model) -> ModelDescription:
+    model = load(source)
+    proto = onnx.shape_inference.infer_shapes(stub_proto(model), data_prop=True)
+    histogram: Counter[str] = Counter()
+    for graph in iter_graphs(model.graph):
+        for node in graph.nodes:
+            histogram[f"{node.domain}::{node.op}" if node.domain else node.op] += 1
+    constants = list(all_constants(model.graph))
+    files = ([model.source] if model.source else []) + sorted(model.external_files())
+    flops_by_op, symbolic = estimate_flops(proto)
+    runtime_inputs = {t.name for t in model.graph.inputs if not isinstance(t, gs.Constant)}
+    return ModelDescription(
+        path=str(model.source) if model.source else None,
+        ir_version=model.ir_version,
+        opsets={(o.domain or "ai.onnx"): int(o.version) for o in proto.opset_import},
+        producer=" ".join(
+            p for p in (model.shell.producer_name, model.shell.producer_version) if p
+        ),
+        inputs=[_describe_value(v) for v in proto.graph.input if v.name in runtime_inputs],
+        outputs=[_describe_value(v) for v in proto.graph.output],
+        nodes=model.node_count(),
+        op_histogram=dict(histogram.most_common()),
+        parameters=sum(math.prod(t.shape) for t in constants),
+        parameter_bytes=model.initializer_bytes(),
+        file_bytes=sum(f.stat().st_size for f in files) if files else None,
+        flops=sum(flops_by_op.values()),
+        flops_by_op=flops_by_op,
+        notes=["symbolic dimensions counted as 1 in FLOPs"] if symbolic else [],
+    )
+
+
+def _describe_value(value: onnx.ValueInfoProto) -> TensorDescription:
+    tensor_type = value.type.tensor_type
+    dtype = onnx.TensorProto.DataType.Name(tensor_type.elem_type) if tensor_type.elem_type else "?"
+    shape = None
+    if tensor_type.HasField("shape"):
+        shape = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in tensor_type.shape.dim
+        ]
+    return TensorDescription(value.name, dtype.lower(), shape)
+
+
+def estimate_flops(proto: onnx.ModelProto) -> tuple[dict[str, int], bool]:
+    """FLOPs (a multiply-add counts 2) of Conv, ConvTranspose, Gemm and MatMul nodes.
+
+    Needs a model annotated by shape inference; returns per-op totals and whether a symbolic
+    dimension had to be taken as 1.
+    """
+    shapes: dict[str, list[int | None]] = {}
+    for value in list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output):
+        tensor_type = value.type.tensor_type
+        if tensor_type.HasField("shape"):
+            shapes[value.name] = [
+                d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim
+            ]
+    for tensor in proto.graph.initializer:
+        shapes[tensor.name] = list(tensor.dims)
+
+    totals: Counter[str] = Counter()
+    symbolic = False
+    for node in proto.graph.node:
+        count = _node_flops(node, shapes)
+        if count is None:
+            continue
+        flops, used_symbolic = count
+        symbolic |= used_symbolic
+        totals[node.op_type] += flops
+    return dict(totals), symbolic
+
+
+def _node_flops(node: onnx.NodeProto, shapes) -> tuple[int, bool] | None:
+    def dims(name: str) -> tuple[list[int], bool] | None:
+        shape = shapes.get(name)
+        if shape is None:
+            return None
+        return [d if d is not None else 1 for d in shape], any(d is None for d in shape)
+
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
+        out, weight, inp = dims(node.output[0]), dims(node.input[1]), dims(node.input[0])
+        if not (out and weight and inp):
+            return None
+        group = int(attrs.get("group", 1))
+        kernel = math.prod(weight[0][2:])
+        if node.op_type == "Conv":
+            flops = 2 * math.prod(out[0]) * weight[0][1] * kernel
+        else:
+            flops = 2 * math.prod(inp[0]) * (out[0][1] // max(group, 1)) * kernel
+        return flops, out[1] or weight[1] or inp[1]
+    if node.op_type == "Gemm":
+        a, out = dims(node.input[0]), dims(node.output[0])
+        if not (a and out) or len(a[0]) != 2:
+            return None
+        k = a[0][0] if attrs.get("transA", 0) else a[0][1]
+        return 2 * math.prod(out[0]) * k, a[1] or out[1]
+    if node.op_type == "MatMul":
+        a, out = dims(node.input[0]), dims(node.output[0])
+        if not (a and out) or not a[0]:
+            return None
+        return 2 * math.prod(out[0]) * a[0][-1], a[1] or out[1]
+    return None
