@@ -459,7 +459,13 @@ def _inlined(tensor: onnx.TensorProto, base_dir: Path | None) -> onnx.TensorProt
     """A copy of an external tensor with its bytes read in."""
     inline = onnx.TensorProto()
     inline.CopyFrom(tensor)
-    external_data_helper.load_external_data_for_tensor(inline, str(base_dir))
+    try:
+        external_data_helper.load_external_data_for_tensor(inline, str(base_dir))
+    except (OSError, ValueError) as exc:
+        location = external_data_helper.ExternalDataInfo(tensor).location
+        raise ModelSaveError(
+            f"cannot read external data of tensor '{tensor.name}' from {location}: {exc}"
+        ) from exc
     inline.data_location = onnx.TensorProto.DEFAULT
     del inline.external_data[:]
     return inline

@@ -229,19 +229,17 @@ class _SpecParser:
         return self.text[self.pos] if self.pos < len(self.text) else ""
 
     def parse_list(self, closing: str | None) -> list[Step]:
-        steps: list[Step] = []
+        steps: list[Step] = [self.parse_step()]
         while True:
             char = self.peek()
-            if char == "" or char == closing:
-                if not steps:
-                    raise self.error("expected a pass name")
+            if char == "" and closing:
+                raise self.error(f"missing '{closing}'")
+            if char == (closing or ""):
                 return steps
-            steps.append(self.parse_step())
-            char = self.peek()
-            if char == ",":
-                self.pos += 1
-            elif char != (closing or ""):
+            if char != ",":
                 raise self.error(f"expected ',' but found {char!r}")
+            self.pos += 1
+            steps.append(self.parse_step())
 
     def parse_step(self) -> Step:
         if self.peek() == "[":

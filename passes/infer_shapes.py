@@ -48,13 +48,15 @@ def _annotate(graph: gs.Graph, inferred: onnx.GraphProto) -> bool:
             continue
         dtype = get_onnx_tensor_dtype(info)
         shape = get_onnx_tensor_shape(info)
-        if id(tensor) in interface and tensor.dtype is not None and tensor.shape is not None:
-            continue
-        if dtype is not None and tensor.dtype != dtype:
+        if (
+            dtype is not None
+            and tensor.dtype is None
+            or (id(tensor) not in interface and dtype is not None and tensor.dtype != dtype)
+        ):
             tensor.dtype = dtype
             changed = True
-        if shape is not None and _better_shape(tensor.shape, shape):
-            tensor.shape = shape
+        if shape is not None and _better_shape(tensor.shape, shape, id(tensor) in interface):
+            tensor.shape = shape if tensor.shape is None else _merged(tensor.shape, shape)
             changed = True
     for node, proto_node in zip(graph.nodes, inferred.node, strict=False):
         for sub, sub_proto in _paired_subgraphs(node, proto_node):
@@ -62,16 +64,27 @@ def _annotate(graph: gs.Graph, inferred: onnx.GraphProto) -> bool:
     return changed
 
 
-def _better_shape(old: list | None, new: list) -> bool:
-    """Whether ``new`` tells more than ``old``: never replace a known dim by an unknown one."""
+def _better_shape(old: list | None, new: list, interface: bool) -> bool:
+    """Whether ``new`` tells more than ``old`` without taking anything known away.
+
+    Inside the graph a symbolic dim may become a number; on graph inputs and outputs only
+    unknown dims are filled, so that the declared interface (``batch``) stays as it is.
+    """
     if old is None:
         return True
     if len(old) != len(new):
         return False
-    return any(
-        o != n and (o is None or (isinstance(o, str) and isinstance(n, int)))
-        for o, n in zip(old, new, strict=True)
-    ) and all(n is not None or o is None for o, n in zip(old, new, strict=True))
+    return any(_dim_gain(o, n, interface) for o, n in zip(old, new, strict=True))
+
+
+def _dim_gain(old, new, interface: bool) -> bool:
+    if old is None:
+        return new is not None
+    return not interface and isinstance(old, str) and isinstance(new, int)
+
+
+def _merged(old: list, new: list) -> list:
+    return [n if _dim_gain(o, n, interface=False) else o for o, n in zip(old, new, strict=True)]
 
 
 def _paired_subgraphs(

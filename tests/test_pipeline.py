@@ -1,0 +1,153 @@
+"""The pass manager: order, fixed points, records, and verification that names the culprit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import pytest
+from conftest import make_model, tensor_info
+from onnx import TensorProto, helper
+
+from onnxslim.errors import PassError, VerificationError
+from onnxslim.model import load
+from onnxslim.pipeline import FixedPoint, Pass, PassContext, PassManager
+
+
+def _relu_chain() -> gs.Graph:
+    return load(
+        make_model(
+            [
+                helper.make_node("Identity", ["x"], ["a"]),
+                helper.make_node("Relu", ["a"], ["b"]),
+                helper.make_node("Add", ["b", "bias"], ["y"]),
+            ],
+            [tensor_info("x", TensorProto.FLOAT, [2, 3])],
+            [tensor_info("y", TensorProto.FLOAT, [2, 3])],
+            {"bias": np.ones((2, 3), np.float32)},
+        )
+    )
+
+
+@dataclass
+class CountingPass(Pass):
+    """Claims a change for its first ``changes`` runs."""
+
+    changes: int = 0
+    runs: int = 0
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
+        self.runs += 1
+        return self.runs <= self.changes
+
+
+CountingPass.name = "counting"
+
+
+@dataclass
+class ScaleBias(Pass):
+    """Claims to be lossless but doubles the bias: verify_each must catch it."""
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
+        bias = graph.tensors()["bias"]
+        bias.values = bias.values * 2
+        return True
+
+
+ScaleBias.name = "scale-bias"
+
+
+@dataclass
+class BreakGraph(Pass):
+    """Makes Relu read a tensor of the wrong type: onnx.checker must reject the result."""
+
+    lossless = False
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
+        relu = next(n for n in graph.nodes if n.op == "Relu")
+        relu.inputs[0] = gs.Constant("ids", np.array([[1, 2, 3]] * 2, np.int64))
+        return True
+
+
+BreakGraph.name = "break-graph"
+
+
+@dataclass
+class Explodes(Pass):
+    def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
+        raise KeyError("boom")
+
+
+Explodes.name = "explodes"
+
+
+def test_records_time_nodes_and_bytes_per_pass():
+    model = _relu_chain()
+    from onnxslim.passes.cleanup import Cleanup
+
+    (record,) = PassManager([Cleanup()]).run(model)
+    assert (record.name, record.changed, record.nodes_before, record.nodes_after) == (
+        "cleanup",
+        True,
+        3,
+        2,
+    )
+    assert record.initializer_bytes_before == record.initializer_bytes_after == 24
+    assert record.seconds >= 0
+
+
+def test_fixed_point_stops_at_the_first_round_without_change():
+    counting = CountingPass(changes=2)
+    records = PassManager([FixedPoint([counting], max_iterations=10)]).run(_relu_chain())
+    assert [r.round for r in records] == [1, 2, 3]
+    assert [r.changed for r in records] == [True, True, False]
+
+
+def test_fixed_point_is_capped():
+    counting = CountingPass(changes=100)
+    records = PassManager([FixedPoint([counting], max_iterations=4)]).run(_relu_chain())
+    assert len(records) == 4
+
+
+def test_unexpected_exceptions_become_pass_errors_naming_the_pass():
+    with pytest.raises(PassError, match="pass 'explodes' failed: KeyError"):
+        PassManager([Explodes()]).run(_relu_chain())
+
+
+def test_verify_each_names_the_pass_that_changed_outputs():
+    from onnxslim.passes.cleanup import Cleanup
+
+    with pytest.raises(VerificationError, match="pass 'scale-bias' changed the outputs"):
+        PassManager([Cleanup(), ScaleBias(), Cleanup()], verify_each=True).run(_relu_chain())
+
+
+def test_verify_each_names_the_pass_that_made_the_model_invalid():
+    with pytest.raises(VerificationError, match="pass 'break-graph' produced an invalid model"):
+        PassManager([BreakGraph()], verify_each=True).run(_relu_chain())
+
+
+def test_without_verification_a_bad_pass_goes_unnoticed_by_the_manager():
+    records = PassManager([ScaleBias()]).run(_relu_chain())
+    assert records[0].changed
+
+
+def test_notes_logged_by_a_pass_land_in_its_record():
+    @dataclass
+    class Noting(Pass):
+        def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
+            ctx.log("left node X alone: unsupported")
+            return False
+
+    Noting.name = "noting"
+    (record,) = PassManager([Noting()]).run(_relu_chain())
+    assert record.notes == ["left node X alone: unsupported"]
+
+
+def test_pass_description_and_options_come_from_the_class():
+    assert CountingPass.description() == "Claims a change for its first ``changes`` runs."
+    assert [(o.name, o.type_name, o.default) for o in CountingPass.options()] == [
+        ("changes", "int", 0),
+        ("runs", "int", 0),
+    ]
+    assert CountingPass(changes=3).label() == "counting(changes=3)"
