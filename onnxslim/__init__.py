@@ -26,6 +26,11 @@ from onnxslim.model import Model, load, save, to_proto
 from onnxslim.pipeline import FixedPoint, Pass, PassContext, PassManager, PassRecord
 from onnxslim.registry import parse_pipeline, register_pass, registered_passes
 
+# Imported here, not lazily: loading the submodule ``onnxslim.validate`` later would rebind the
+# package attribute ``validate`` from this function to the module. (onnxruntime itself is still
+# imported only when a validation runs.)
+from onnxslim.validate import ValidationReport, validate
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -40,6 +45,7 @@ __all__ = [
     "OptimizeReport",
     "ModelSummary",
     "ValidationOptions",
+    "ValidationReport",
     "Pass",
     "PassContext",
     "PassManager",
@@ -59,10 +65,3 @@ __all__ = [
     "ProviderUnavailableError",
     "InputDataError",
 ]
-
-
-def validate(reference, candidate, **options):
-    """Compare ``candidate`` with ``reference`` under onnxruntime; see onnxslim.validate."""
-    from onnxslim.validate import validate as _validate
-
-    return _validate(reference, candidate, **options)

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from onnxslim.errors import OnnxSlimError
 
@@ -73,7 +74,8 @@ def _guarded(debug: bool, action: Callable[[], int | None]) -> None:
     except OnnxSlimError as exc:
         if debug:
             stderr.print_exception()
-        stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escape: messages quote specs and paths, whose [brackets] rich would take as markup
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_ERROR) from None
     except KeyboardInterrupt:
         stderr.print("[bold red]interrupted[/]")
@@ -82,7 +84,7 @@ def _guarded(debug: bool, action: Callable[[], int | None]) -> None:
         if debug:
             stderr.print_exception()
         stderr.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
             "(run with --debug for the traceback, and please report it)",
             highlight=False,
             soft_wrap=True,

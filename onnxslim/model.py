@@ -58,8 +58,12 @@ _COPY_CHUNK = 16 * 2**20
 
 # Protobuf wire tags: ModelProto.graph is field 7, GraphProto.initializer is field 5 (both
 # length-delimited, wire type 2).
-_TAG_MODEL_GRAPH = bytes([(7 << 3) | 2])
-_TAG_GRAPH_INITIALIZER = bytes([(5 << 3) | 2])
+_MODEL_GRAPH_FIELD = 7
+_GRAPH_INITIALIZER_FIELD = 5
+_TAG_MODEL_GRAPH = bytes([(_MODEL_GRAPH_FIELD << 3) | 2])
+_TAG_GRAPH_INITIALIZER = bytes([(_GRAPH_INITIALIZER_FIELD << 3) | 2])
+# Value sizes of the fixed-width wire types (1: 64-bit, 5: 32-bit).
+_FIXED_SIZES = {1: 8, 5: 4}
 
 
 class ExternalValues(LazyValues):
@@ -189,11 +193,9 @@ def load(source: str | os.PathLike | bytes | onnx.ModelProto | Model) -> Model:
     if path.is_dir():
         raise ModelLoadError(f"{path}: is a directory, not an ONNX model file")
     try:
-        data = path.read_bytes()
+        proto = _parse_file(path)
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from exc
-    proto = _parse(data, str(path))
-    del data
     return _from_proto(proto, base_dir=path.parent.resolve(), source=path.resolve())
 
 
@@ -204,12 +206,102 @@ def _parse(data: bytes, label: str) -> onnx.ModelProto:
     try:
         proto.ParseFromString(data)
     except DecodeError as exc:
-        raise ModelLoadError(
-            f"{label}: not a valid ONNX protobuf (truncated or another format): {exc}"
-        ) from exc
+        raise _not_protobuf(label, exc) from exc
+    return _checked_is_model(proto, label)
+
+
+def _not_protobuf(label: str, exc: DecodeError) -> ModelLoadError:
+    return ModelLoadError(f"{label}: not a valid ONNX protobuf (truncated or another format): {exc}")
+
+
+def _checked_is_model(proto: onnx.ModelProto, label: str) -> onnx.ModelProto:
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise ModelLoadError(f"{label}: parses as protobuf but is not an ONNX model (no graph)")
     return proto
+
+
+def _parse_file(path: Path) -> onnx.ModelProto:
+    """Parse a model file holding at most one initializer's bytes beside the parsed model.
+
+    Parsing the whole file at once would hold its bytes and the parsed model together: twice
+    the model. Instead the records of the model and of its graph are read one by one; each
+    top-level initializer is parsed straight into the result, and the other records are
+    gathered and merged in at the end. Protobuf merges concatenated records, so the result is
+    what a whole-file parse gives.
+    """
+    with open(path, "rb") as handle:
+        reader = _RecordReader(handle)
+        if reader.end == 0:
+            raise ModelLoadError(f"{path}: file is empty, not an ONNX model")
+        proto = onnx.ModelProto()
+        model_rest, graph_rest = bytearray(), bytearray()
+        try:
+            for number, head, length in reader.records(reader.end):
+                if number != _MODEL_GRAPH_FIELD or length is None:
+                    model_rest += head + reader.read(length or 0)
+                    continue
+                proto.graph.SetInParent()
+                for inner, inner_head, inner_length in reader.records(handle.tell() + length):
+                    if inner == _GRAPH_INITIALIZER_FIELD and inner_length is not None:
+                        proto.graph.initializer.add().ParseFromString(reader.read(inner_length))
+                    else:
+                        graph_rest += inner_head + reader.read(inner_length or 0)
+            proto.MergeFromString(bytes(model_rest))
+            proto.graph.MergeFromString(bytes(graph_rest))
+        except DecodeError as exc:
+            raise _not_protobuf(str(path), exc) from exc
+    return _checked_is_model(proto, str(path))
+
+
+class _RecordReader:
+    """Reads a protobuf message from a file one record (tag and value) at a time."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+        self.end = handle.seek(0, os.SEEK_END)
+        handle.seek(0)
+
+    def read(self, length: int) -> bytes:
+        data = self.handle.read(length)
+        if len(data) != length:
+            raise DecodeError("truncated message")
+        return data
+
+    def varint(self) -> int:
+        value = shift = 0
+        while shift < 64:
+            byte = self.read(1)[0]
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+        raise DecodeError("varint longer than 10 bytes")
+
+    def records(self, end: int) -> Iterator[tuple[int, bytes, int | None]]:
+        """(field number, record bytes up to its payload, payload length) for records up to end.
+
+        Fixed-size and varint values come whole in the record bytes, with length None; the
+        caller reads a length-delimited payload before asking for the next record.
+        """
+        while self.handle.tell() < end:
+            key = self.varint()
+            number, wire_type = key >> 3, key & 7
+            head = _varint(key)
+            if number == 0:
+                raise DecodeError("field number 0")
+            if wire_type == 0:
+                yield number, head + _varint(self.varint()), None
+            elif wire_type in _FIXED_SIZES:
+                yield number, head + self.read(_FIXED_SIZES[wire_type]), None
+            elif wire_type == 2:
+                length = self.varint()
+                if length > end - self.handle.tell():
+                    raise DecodeError("truncated message")
+                yield number, head + _varint(length), length
+            else:
+                raise DecodeError(f"unsupported wire type {wire_type}")
+        if self.handle.tell() != end:
+            raise DecodeError("a record runs past the end of its message")
 
 
 def _from_proto(proto: onnx.ModelProto, base_dir: Path | None, source: Path | None) -> Model:
@@ -324,7 +416,9 @@ def _export_skeleton(model: Model) -> _Skeleton:
         if key not in top_ids and (graph_count[key] > 1 or t.name in model.top_level_initializers)
     ]
     ordered = [t for t in graph.tensors().values() if id(t) in top_ids] + hoisted
-    hoisted_names = {t.name for t in hoisted}
+    # gs copies every constant a subgraph reads into that subgraph (as a data-less stand-in
+    # here); all of these are written once at the top level, where every subgraph sees them.
+    top_level_names = {t.name for t in ordered}
 
     saved_values = [(t, t._values) for t in ordered]
     try:
@@ -336,14 +430,21 @@ def _export_skeleton(model: Model) -> _Skeleton:
             tensor._values = values
 
     del proto.graph.initializer[:]
-    if hoisted_names:
+    if top_level_names:
         for sub in _subgraph_protos(proto.graph):
-            keep = [t for t in sub.initializer if t.name not in hoisted_names]
+            keep = [t for t in sub.initializer if t.name not in top_level_names]
             if len(keep) != len(sub.initializer):
                 del sub.initializer[:]
                 sub.initializer.extend(keep)
 
     _restore_model_fields(proto, model.shell)
+    if proto.ir_version < 4:  # before IR 4, every initializer must also be a graph input
+        declared = {i.name for i in proto.graph.input}
+        for tensor in ordered:
+            if tensor.name not in declared:
+                stub = _data_less(tensor)
+                info = onnx.helper.make_tensor_value_info(tensor.name, stub.data_type, stub.dims)
+                proto.graph.input.append(info)
     return _Skeleton(proto=proto, initializers=ordered)
 
 

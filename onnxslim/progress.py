@@ -2,7 +2,7 @@
 
 Library code reports progress through :func:`progress_bar`; it draws on stderr (so ``--json``
 output on stdout stays clean), vanishes when done, and is silent when disabled or when stderr
-is not a terminal-like console that rich can draw on.
+is not a terminal (CI logs, pipes), where a redrawn bar would only leave debris.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ def set_progress_enabled(enabled: bool) -> None:
 def progress_bar(
     description: str, total: int | None, *, enabled: bool = True
 ) -> Iterator[Callable[..., None]]:
-    """Yield ``advance(steps=1, **fields)``; a bar is drawn after one second of work."""
-    if not (enabled and _enabled):
+    """Yield ``advance(steps=1, **fields)``, drawing a bar on stderr when it is a terminal."""
+    console = Console(stderr=True)
+    if not (enabled and _enabled and console.is_terminal):
         yield lambda *args, **kwargs: None
         return
     progress = Progress(
@@ -45,7 +46,7 @@ def progress_bar(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=console,
         transient=True,
     )
     task = progress.add_task(description, total=total)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from onnxslim.api import OptimizeReport
@@ -100,22 +101,22 @@ def render_optimize(report: OptimizeReport, console: Console) -> None:
         delta = record.nodes_after - record.nodes_before
         byte_delta = record.initializer_bytes_after - record.initializer_bytes_before
         passes.add_row(
-            record.name if record.changed else f"[dim]{record.name}[/]",
+            escape(record.name) if record.changed else f"[dim]{escape(record.name)}[/]",
             str(record.round or ""),
             f"{delta:+d}" if delta else "[dim]0[/]",
             (("+" if byte_delta > 0 else "-") + human_bytes(abs(byte_delta)))
             if byte_delta
             else "[dim]0[/]",
             f"{record.seconds * 1000:.0f} ms",
-            "; ".join(record.notes),
+            escape("; ".join(record.notes)),
         )
     console.print(passes)
     if report.validation is not None:
         render_validation(report.validation, console)
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
     if report.output and report.written:
-        console.print(f"wrote [bold]{report.output}[/]")
+        console.print(f"wrote [bold]{escape(report.output)}[/]")
 
 
 def _metric(value: float | None, fmt: str) -> str:
@@ -140,14 +141,14 @@ def render_validation(report, console: Console) -> None:
     for row in report.outputs:
         table.add_row(
             row.provider,
-            row.name,
+            escape(row.name),
             "x".join(map(str, row.shape)) if row.shape is not None else "-",
             _metric(row.max_abs, ".3g"),
             _metric(row.mean_abs, ".3g"),
             _metric(row.cosine, ".6f"),
             _metric(row.sqnr_db, ".1f"),
             _metric(row.top1_agreement, ".1%"),
-            _GOOD if row.passed else f"{_BAD} {row.reason or ''}",
+            _GOOD if row.passed else f"{_BAD} {escape(row.reason or '')}",
         )
     console.print(table)
     verdict = "[green]outputs match[/]" if report.passed else "[red]outputs differ[/]"
@@ -155,12 +156,12 @@ def render_validation(report, console: Console) -> None:
 
 
 def render_description(info: ModelDescription, console: Console) -> None:
-    header = Table(title=info.path or "model", title_justify="left", show_header=False)
+    header = Table(title=escape(info.path or "model"), title_justify="left", show_header=False)
     header.add_column("")
     header.add_column("")
     header.add_row("IR version", str(info.ir_version))
     header.add_row("opsets", ", ".join(f"{d} {v}" for d, v in info.opsets.items()))
-    header.add_row("producer", info.producer or "-")
+    header.add_row("producer", escape(info.producer or "-"))
     header.add_row("nodes", str(info.nodes))
     header.add_row(
         "parameters", f"{_human_count(info.parameters)} ({human_bytes(info.parameter_bytes)})"
@@ -180,17 +181,17 @@ def render_description(info: ModelDescription, console: Console) -> None:
                 if value.shape is None
                 else "[" + ", ".join(str(d) if d is not None else "?" for d in value.shape) + "]"
             )
-            signature.add_row(kind, value.name, value.dtype, shape)
+            signature.add_row(kind, escape(value.name), value.dtype, escape(shape))
     console.print(signature)
 
     ops = Table(title="operators", title_justify="left")
     ops.add_column("op")
     ops.add_column("count", justify="right")
     for op, count in info.op_histogram.items():
-        ops.add_row(op, str(count))
+        ops.add_row(escape(op), str(count))
     console.print(ops)
     for note in info.notes:
-        console.print(f"[dim]{note}[/]")
+        console.print(f"[dim]{escape(note)}[/]")
 
 
 def render_passes(passes: dict[str, type[Pass]], console: Console) -> None:
@@ -201,7 +202,12 @@ def render_passes(passes: dict[str, type[Pass]], console: Console) -> None:
     table.add_column("description")
     for name, cls in passes.items():
         options = "\n".join(f"{o.name}: {o.type_name} = {o.default!r}" for o in cls.options())
-        table.add_row(name, _GOOD if cls.lossless else "no", options or "-", cls.description())
+        table.add_row(
+            escape(name),
+            _GOOD if cls.lossless else "no",
+            escape(options or "-"),
+            escape(cls.description()),
+        )
     console.print(table)
 
 

@@ -136,15 +136,28 @@ def _node_flops(node: onnx.NodeProto, shapes) -> tuple[int, bool] | None:
         else:
             flops = 2 * math.prod(inp[0]) * (out[0][1] // max(group, 1)) * kernel
         return flops, out[1] or weight[1] or inp[1]
-    if node.op_type == "Gemm":
-        a, out = dims(node.input[0]), dims(node.output[0])
-        if not (a and out) or len(a[0]) != 2:
+    if node.op_type in ("Gemm", "MatMul"):
+        out = dims(node.output[0])
+        if not out:
             return None
-        k = a[0][0] if attrs.get("transA", 0) else a[0][1]
-        return 2 * math.prod(out[0]) * k, a[1] or out[1]
-    if node.op_type == "MatMul":
-        a, out = dims(node.input[0]), dims(node.output[0])
-        if not (a and out) or not a[0]:
-            return None
-        return 2 * math.prod(out[0]) * a[0][-1], a[1] or out[1]
+        a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
+        inner = _inner_dimension(node.op_type, attrs, a, b)
+        return 2 * math.prod(out[0]) * (inner or 1), out[1] or inner is None
     return None
+
+
+def _inner_dimension(
+    op_type: str, attrs: dict[str, Any], a: list[int | None] | None, b: list[int | None] | None
+) -> int | None:
+    """K of a Gemm or MatMul, from A or else from B.
+
+    B is usually a weight, whose shape is always known, while A's may not be: after a Reshape
+    to a computed shape, for one.
+    """
+    if op_type == "Gemm":
+        from_a = a[0 if attrs.get("transA", 0) else 1] if a and len(a) == 2 else None
+        from_b = b[1 if attrs.get("transB", 0) else 0] if b and len(b) == 2 else None
+    else:
+        from_a = a[-1] if a else None
+        from_b = (b[-2] if len(b) >= 2 else b[0]) if b else None
+    return from_a if from_a is not None else from_b

@@ -1,0 +1,174 @@
+"""onnxruntime sessions: provider choice, honest failures, outputs by name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from onnxslim.errors import (
+    InputDataError,
+    InvalidModelError,
+    ModelLoadError,
+    ProviderUnavailableError,
+)
+from onnxslim.runtime import available_providers, create_session, provider_name, run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def add_model(build_model):
+    """``sum = a + b`` for float32 [N, 3]."""
+    return build_model(
+        [helper.make_node("Add", ["a", "b"], ["sum"])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["N", 3])],
+    )
+
+
+def test_run_returns_outputs_keyed_by_name(add_model, save_model):
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.full((2, 3), 0.5, dtype=np.float32)
+    outputs = run(create_session(save_model(add_model)), {"a": a, "b": b})
+    assert list(outputs) == ["sum"]
+    np.testing.assert_array_equal(outputs["sum"], a + b)
+
+
+def test_session_from_bytes_runs(add_model):
+    session = create_session(add_model.SerializeToString())
+    ones = np.ones((1, 3), np.float32)
+    np.testing.assert_array_equal(run(session, {"a": ones, "b": ones})["sum"], 2 * ones)
+
+
+def test_cpu_session_uses_the_cpu_provider(add_model):
+    session = create_session(add_model.SerializeToString(), "cpu")
+    assert session.get_providers()[0] == "CPUExecutionProvider"
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("cpu", "CPUExecutionProvider"),
+        ("CUDA", "CUDAExecutionProvider"),
+        ("tensorrt", "TensorrtExecutionProvider"),
+        ("CPUExecutionProvider", "CPUExecutionProvider"),
+        ("CUDAExecutionProvider", "CUDAExecutionProvider"),
+    ],
+)
+def test_short_and_full_provider_names_resolve(name, expected):
+    assert provider_name(name) == expected
+
+
+def test_unknown_provider_error_lists_valid_names(add_model):
+    with pytest.raises(ProviderUnavailableError) as info:
+        create_session(add_model.SerializeToString(), "gpu")
+    message = str(info.value)
+    assert "'gpu'" in message
+    assert all(name in message for name in ("cpu", "cuda", "tensorrt"))
+
+
+def test_available_providers_are_short_names():
+    providers = available_providers()
+    assert "cpu" in providers
+    assert all(name in ("cpu", "cuda", "tensorrt") for name in providers)
+
+
+def test_cuda_on_a_cpu_only_build_lists_available_providers(add_model):
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has CUDA")
+    with pytest.raises(ProviderUnavailableError) as info:
+        create_session(add_model.SerializeToString(), "cuda")
+    message = str(info.value)
+    assert "'cuda' is not available" in message
+    assert "available: cpu" in message
+    assert "\n" not in message
+
+
+def test_unimplemented_op_is_an_invalid_model_error_with_ort_reason(build_model):
+    model = build_model(
+        [helper.make_node("NoSuchOp", ["x"], ["y"], domain="com.example")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        domains={"com.example": 1},
+    )
+    with pytest.raises(InvalidModelError) as info:
+        create_session(model.SerializeToString())
+    message = str(info.value)
+    assert message.startswith("onnxruntime cannot load the model: ")
+    assert "NoSuchOp" in message
+    assert "\n" not in message
+
+
+def test_missing_model_file_is_a_model_load_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such file"):
+        create_session(tmp_path / "absent.onnx")
+
+
+def test_feeds_of_the_wrong_dtype_are_an_input_data_error(add_model):
+    session = create_session(add_model.SerializeToString())
+    wrong = np.ones((1, 3), np.float64)
+    with pytest.raises(InputDataError, match="onnxruntime rejected the inputs"):
+        run(session, {"a": wrong, "b": wrong})
+
+
+def test_feeds_missing_an_input_are_an_input_data_error(add_model):
+    session = create_session(add_model.SerializeToString())
+    with pytest.raises(InputDataError, match="'a'"):
+        run(session, {"b": np.ones((1, 3), np.float32)})
+
+
+def test_a_failing_kernel_is_an_invalid_model_error(build_model):
+    model = build_model(
+        [helper.make_node("Reshape", ["x", "target"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+        {"target": np.array([3], np.int64)},
+    )
+    session = create_session(model.SerializeToString())
+    with pytest.raises(InvalidModelError, match="onnxruntime failed to run the model"):
+        run(session, {"x": np.ones(4, np.float32)})
+
+
+def _python_without_onnxruntime(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter where ``import onnxruntime`` fails."""
+    blocker = "import sys; sys.modules['onnxruntime'] = None\n"
+    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    return subprocess.run(
+        [sys.executable, "-c", blocker + code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *inherited])},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_require_onnxruntime_explains_how_to_install_when_missing():
+    result = _python_without_onnxruntime(
+        "from onnxslim.errors import RuntimeMissingError\n"
+        "from onnxslim.runtime import require_onnxruntime\n"
+        "try:\n"
+        "    require_onnxruntime()\n"
+        "except RuntimeMissingError as exc:\n"
+        "    print(exc)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "onnxruntime is not installed: pip install 'onnxslim[cpu]' "
+        "(or 'onnxslim[gpu]' for CUDA, 'onnxslim[train]' for distillation)"
+    )
+
+
+def test_onnxslim_modules_import_without_onnxruntime():
+    result = _python_without_onnxruntime(
+        "import onnxslim, onnxslim.runtime, onnxslim.inputs, onnxslim.validate\nprint('ok')\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
