@@ -193,7 +193,7 @@ def optimize(
             options = _validation_options(
                 provider, inputs, input_shape, samples, seed, atol, rtol, min_cosine, tf32
             )
-        with _status(f"optimizing {model.name}", quiet or as_json):
+        with _status(f"optimizing {model.name}", quiet or as_json) as status:
             _, report = run_optimize(
                 model,
                 passes,
@@ -204,6 +204,8 @@ def optimize(
                 external_data=external_data,
                 verify_each=verify_each,
                 validate=options or False,
+                on_record=status
+                and (lambda r: status.update(f"optimizing {model.name}: {r.name} done")),
             )
         _emit(report, as_json, quiet, render_optimize)
         return 0 if report.written else EXIT_MISMATCH

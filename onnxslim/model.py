@@ -211,7 +211,9 @@ def _parse(data: bytes, label: str) -> onnx.ModelProto:
 
 
 def _not_protobuf(label: str, exc: DecodeError) -> ModelLoadError:
-    return ModelLoadError(f"{label}: not a valid ONNX protobuf (truncated or another format): {exc}")
+    return ModelLoadError(
+        f"{label}: not a valid ONNX protobuf (truncated or another format): {exc}"
+    )
 
 
 def _checked_is_model(proto: onnx.ModelProto, label: str) -> onnx.ModelProto:
@@ -560,12 +562,15 @@ def _inlined(tensor: onnx.TensorProto, base_dir: Path | None) -> onnx.TensorProt
     """A copy of an external tensor with its bytes read in."""
     inline = onnx.TensorProto()
     inline.CopyFrom(tensor)
+    info = external_data_helper.ExternalDataInfo(tensor)
     try:
         external_data_helper.load_external_data_for_tensor(inline, str(base_dir))
+        # Older onnx releases return short data silently when the file was truncated.
+        if info.length and len(inline.raw_data) != info.length:
+            raise ValueError(f"expected {info.length} bytes, found {len(inline.raw_data)}")
     except (OSError, ValueError) as exc:
-        location = external_data_helper.ExternalDataInfo(tensor).location
         raise ModelSaveError(
-            f"cannot read external data of tensor '{tensor.name}' from {location}: {exc}"
+            f"cannot read external data of tensor '{tensor.name}' from {info.location}: {exc}"
         ) from exc
     inline.data_location = onnx.TensorProto.DEFAULT
     del inline.external_data[:]
