@@ -324,6 +324,13 @@ def _from_proto(proto: onnx.ModelProto, base_dir: Path | None, source: Path | No
                 f"external data file '{location}' of tensor '{tensor.name}' is missing "
                 f"(looked in {base_dir})"
             )
+    unsupported = next(_unsupported_values(proto.graph), None)
+    if unsupported is not None:
+        name, kind = unsupported
+        raise ModelLoadError(
+            f"value '{name}' has an {kind} type, which onnxslim cannot rewrite yet "
+            "(tensors, sequences and sparse tensors are supported)"
+        )
     top_level = frozenset(t.name for t in proto.graph.initializer)
     try:
         graph = gs.import_onnx(proto)
@@ -339,6 +346,16 @@ def _from_proto(proto: onnx.ModelProto, base_dir: Path | None, source: Path | No
         source=source,
         top_level_initializers=top_level,
     )
+
+
+def _unsupported_values(graph: onnx.GraphProto) -> Iterator[tuple[str, str]]:
+    """Values whose type onnx-graphsurgeon cannot write back (optional, map, opaque)."""
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        kind = value.type.WhichOneof("value")
+        if kind in ("optional_type", "map_type", "opaque_type"):
+            yield value.name, kind.removesuffix("_type")
+    for sub in _subgraph_protos(graph):
+        yield from _unsupported_values(sub)
 
 
 def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:

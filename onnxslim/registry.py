@@ -50,7 +50,8 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "onnxslim.passes"
-DEFAULT_PIPELINE = "[cleanup,fold-constants,infer-shapes]*10,cleanup"
+# Shapes first, so that fold-constants can fold Shape of static tensors in the first round.
+DEFAULT_PIPELINE = "[infer-shapes,cleanup,fold-constants]*10"
 
 _REGISTRY: dict[str, type[Pass]] = {}
 _discovered = False

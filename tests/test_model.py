@@ -256,3 +256,37 @@ def test_failed_save_leaves_destination_and_folder_untouched(tmp_path):
 def test_save_into_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ModelSaveError, match="does not exist"):
         save(load(_matmul_model()), tmp_path / "nope" / "out.onnx")
+
+
+def test_initializers_of_old_ir_models_stay_graph_inputs(tmp_path):
+    """Before IR 4 every initializer had to be a graph input as well."""
+    proto = _matmul_model()
+    proto.ir_version = 3
+    proto.opset_import[0].version = 9
+    proto.graph.input.extend(
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        for t in proto.graph.initializer
+    )
+    onnx.checker.check_model(proto)
+    saved = onnx.load(save(load(proto), tmp_path / "old.onnx"))
+    assert saved.ir_version == 3
+    assert {i.name for i in saved.graph.input} == {"x", "w", "b"}
+    onnx.checker.check_model(saved, full_check=True)
+
+
+def test_optional_typed_values_are_refused_with_a_clear_error():
+    optional = helper.make_value_info(
+        "maybe", helper.make_optional_type_proto(helper.make_tensor_type_proto(1, [2]))
+    )
+    proto = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("OptionalHasElement", ["maybe"], ["has"])],
+            "g",
+            [optional],
+            [tensor_info("has", TensorProto.BOOL, [])],
+        ),
+        opset_imports=[helper.make_opsetid("", 18)],
+        ir_version=8,
+    )
+    with pytest.raises(ModelLoadError, match="'maybe' has an optional type"):
+        load(proto)
