@@ -39,6 +39,7 @@ __all__ = [
     "to_proto",
     "stub_proto",
     "read_constant",
+    "read_constant_bytes",
     "constant_nbytes",
     "iter_graphs",
     "all_constants",
@@ -167,6 +168,26 @@ def read_constant(tensor: gs.Constant) -> np.ndarray:
     if isinstance(values, LazyValues):
         return values.load()
     return np.asarray(values)
+
+
+def read_constant_bytes(tensor: gs.Constant, limit: int | None = None) -> bytes | memoryview:
+    """The little-endian bytes of a constant's data, at most ``limit`` of them.
+
+    For comparing and hashing weights: an external tensor's prefix is read from its file
+    without reading the rest, and nothing is cached on the tensor.
+    """
+    values = tensor._values
+    if isinstance(values, ExternalValues):
+        info = external_data_helper.ExternalDataInfo(values.tensor)
+        length = info.length or constant_nbytes(tensor)
+        with open(values.base_dir / info.location, "rb") as handle:
+            handle.seek(info.offset or 0)
+            return handle.read(length if limit is None else min(limit, length))
+    if isinstance(values, LazyValues) and values.tensor.HasField("raw_data"):
+        data = memoryview(values.tensor.raw_data)
+    else:
+        data = memoryview(np.ascontiguousarray(read_constant(tensor))).cast("B")
+    return data if limit is None else data[:limit]
 
 
 # ----------------------------------------------------------------------------------- loading

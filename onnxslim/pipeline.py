@@ -186,6 +186,7 @@ class PassManager:
     def run(self, model: Model, ctx: PassContext | None = None) -> list[PassRecord]:
         ctx = ctx or PassContext(model=model)
         self.records = []
+        self._stats: tuple[int, int] | None = None
         with tempfile.TemporaryDirectory(prefix="onnxslim-verify-") as scratch:
             self._scratch = Path(scratch)
             self._run_steps(self.steps, model, ctx, round_number=None)
@@ -214,8 +215,7 @@ class PassManager:
         self, step: Pass, model: Model, ctx: PassContext, round_number: int | None
     ) -> bool:
         graph = model.graph
-        nodes_before = model.node_count()
-        bytes_before = model.initializer_bytes()
+        nodes_before, bytes_before = self._stats or (model.node_count(), model.initializer_bytes())
         before = self._snapshot(model, step) if self.verify_each else None
         ctx.notes = []
         start = time.perf_counter()
@@ -229,14 +229,19 @@ class PassManager:
         except Exception as exc:
             raise PassError(f"pass '{step.name}' failed: {type(exc).__name__}: {exc}") from exc
         seconds = time.perf_counter() - start
+        # Counting walks the whole graph: after a pass that changed nothing, reuse the counts.
+        if changed:
+            self._stats = (model.node_count(), model.initializer_bytes())
+        else:
+            self._stats = (nodes_before, bytes_before)
         record = PassRecord(
             name=step.label(),
             changed=changed,
             seconds=seconds,
             nodes_before=nodes_before,
-            nodes_after=model.node_count(),
+            nodes_after=self._stats[0],
             initializer_bytes_before=bytes_before,
-            initializer_bytes_after=model.initializer_bytes(),
+            initializer_bytes_after=self._stats[1],
             round=round_number,
             notes=list(ctx.notes),
         )

@@ -10,7 +10,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from onnxslim.model import constant_nbytes, iter_graphs, read_constant
+from onnxslim.model import iter_graphs, read_constant, read_constant_bytes
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
 
@@ -145,15 +145,5 @@ def _dtype_key(tensor: gs.Constant) -> int:
 
 
 def _digest(tensor: gs.Constant, prefix_only: bool) -> bytes:
-    values = tensor._values
-    if (
-        isinstance(values, LazyValues)
-        and values.tensor.HasField("raw_data")
-        and constant_nbytes(tensor) == len(values.tensor.raw_data)
-    ):
-        data = memoryview(values.tensor.raw_data)
-    else:
-        data = memoryview(np.ascontiguousarray(read_constant(tensor))).cast("B")
-    if prefix_only:
-        data = data[:_PREFIX_BYTES]
+    data = read_constant_bytes(tensor, _PREFIX_BYTES if prefix_only else None)
     return hashlib.blake2b(data, digest_size=16).digest()

@@ -226,3 +226,35 @@ def test_each_removal_can_be_switched_off(option):
         [tensor_info("y", 1, [2, 3])],
     )
     assert op in _ops(_cleaned(proto, **{option: False}))
+
+
+def test_duplicates_in_external_data_are_found_without_loading_the_weights(tmp_path):
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((64, 64)).astype(np.float32)
+    near_twin = weight.copy()
+    near_twin[-1, -1] += 1.0  # same first 4 KB: only the full comparison tells them apart
+    proto = make_model(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["a"]),
+            helper.make_node("MatMul", ["a", "w2"], ["b"]),
+            helper.make_node("MatMul", ["b", "w3"], ["y"]),
+        ],
+        [tensor_info("x", 1, [2, 64])],
+        [tensor_info("y", 1, [2, 64])],
+        {"w1": weight, "w2": weight.copy(), "w3": near_twin},
+    )
+    path = tmp_path / "ext.onnx"
+    onnx.save(proto, path, save_as_external_data=True, location="ext.bin", size_threshold=0)
+    proto = onnx.load(path)  # saving turned the proto's tensors into references
+    model = load(path)
+    PassManager([Cleanup()]).run(model)
+    names = sorted(t.name for t in model.graph.tensors().values() if t.name.startswith("w"))
+    assert names == ["w1", "w3"]
+    assert all(
+        type(t._values).__name__ == "ExternalValues"
+        for t in model.graph.tensors().values()
+        if t.name in names
+    )
+    _assert_same_outputs(
+        proto, to_proto(model), {"x": rng.standard_normal((2, 64)).astype(np.float32)}
+    )
