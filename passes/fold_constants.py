@@ -6,40 +6,57 @@ constants), the pass
 1. marks the foldable nodes: standard ops whose inputs are constants or outputs of foldable
    nodes, plus Shape and Size of tensors whose shape is fully static and Constant nodes, which
    are folded without evaluating anything;
-2. decides which folded tensors to materialise: the *frontier*, folded tensors that an unfolded
-   node or a graph output reads. A frontier tensor that would make the file grow (larger than
-   1 KiB and than the inputs of its producer, by more than ``max_growth_bytes``) is not
-   materialised: its producer stays and its inputs become the frontier;
-3. evaluates only the nodes the frontier needs, all in one onnxruntime session (node by node
-   when that fails, skipping the nodes that onnxruntime cannot run);
-4. replaces the frontier tensors by constants and removes the folded nodes.
+2. plans to materialise only the *frontier*, the folded tensors that an unfolded node or a
+   graph output reads; every folded node disappears;
+3. fits the plan into the growth budget: while the file would grow by more than
+   ``max_growth_bytes``, frontier producers stay in the graph, worst balance (bytes their
+   frontier outputs add minus bytes of the node itself) first, and their inputs join the
+   frontier;
+4. evaluates what the frontier needs in one onnxruntime session (node by node when that fails,
+   leaving the nodes that onnxruntime cannot run), and fits the plan again with the sizes of
+   the values, until nothing is left to evaluate;
+5. replaces the frontier tensors by constants and removes the folded nodes.
+
+Growth is counted in serialized protobuf bytes, as the file will change:
+
+* plus each frontier tensor's initializer (name, type, dims and data, framed as a top-level
+  initializer record), its typed entry where it is a graph output (minus the entry it had) and,
+  below IR version 4, where every initializer is also a graph input, its input entry;
+* minus each removed node (a Constant node with its embedded tensor);
+* minus the value_info entries of the tensors that disappear with the removed nodes;
+* minus each initializer that no node, graph input or graph output reads any more.
+
+The savings it leaves out (a freed top-level initializer's outer record framing, subgraphs'
+value_info entries for a tensor that became a constant) only make the real file smaller. So
+the guarantee: written by :func:`onnxslim.model.save`, the model after the pass is at most
+``max_growth_bytes`` per graph larger than the same model written without it, and with the
+default of 0 never larger. (Data in an external file counts as if inline; alignment padding
+there is not counted.) Before evaluation, tensors without a static shape count as empty; the
+last fit uses the real values.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import external_data_helper, helper, numpy_helper
-from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onnx
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnxslim.errors import PipelineSpecError
-from onnxslim.model import Model, constant_nbytes, iter_graphs, read_constant
+from onnxslim.model import Model, iter_graphs, read_constant
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
 from onnxslim.runtime import require_onnxruntime
 
 __all__ = ["FoldConstants"]
-
-# Folded tensors up to this size are always materialised: they are mostly shape arithmetic
-# that later passes build on, and their bytes are noise next to the nodes they replace.
-SMALL_TENSOR_BYTES = 1024
 
 _STANDARD_DOMAINS = ("", "ai.onnx")
 # Folding these would freeze one random draw (Dropout too, in training mode).
@@ -98,9 +115,14 @@ class FoldConstants(Pass):
     Covers the main graph and If/Loop/Scan bodies, Shape and Size of statically shaped
     tensors (folded without evaluating), Constant nodes, and any standard op on constants
     (evaluated by onnxruntime on the CPU). Random ops, custom domains, ops with subgraphs,
-    sequences and QuantizeLinear/DequantizeLinear are left alone. By default folding never
-    makes the file grow (tensors of at most 1 KiB aside); ``max_growth_bytes`` allows that
-    much growth, e.g. to materialise an Expand of a scalar.
+    sequences and QuantizeLinear/DequantizeLinear are left alone.
+
+    Folding is size-aware: counted in serialized bytes (new initializers minus removed nodes,
+    their value_info and the initializers nobody reads any more), it makes each graph grow by
+    at most ``max_growth_bytes``. With the default of 0 the saved file is never larger than
+    without the pass: shape arithmetic still folds, since the nodes it removes outweigh a small
+    int64 tensor, while ``Range(0, 100)`` stays a node rather than 800 bytes of data. Allow
+    growth to materialise such tensors, e.g. ``fold-constants(max_growth_bytes=1000)``.
     """
 
     max_growth_bytes: int = 0
@@ -113,43 +135,57 @@ class FoldConstants(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         graphs = list(iter_graphs(graph))
-        graph_outputs = {id(t) for g in graphs for t in g.outputs}
+        scope = _Scope.of(graphs, ctx.model.ir_version)
         changed = False
         for g in graphs:
-            plan = _Plan.of(g, graph_outputs)
+            plan = _Plan.of(g, scope)
             if not plan.folded:
                 continue
-            plan.keep_growing_unfolded(self.max_growth_bytes)
-            plan.evaluate(ctx.model)
-            plan.keep_growing_unfolded(self.max_growth_bytes)
-            plan.enforce_budget(self.max_growth_bytes)
+            plan.fit(self.max_growth_bytes)
+            while plan.evaluate(ctx.model):
+                plan.fit(self.max_growth_bytes)
             for note in plan.notes(self.max_growth_bytes):
                 ctx.log(note)
             changed |= plan.apply()
         return changed
 
 
+@dataclass(frozen=True)
+class _Scope:
+    """Facts about all graphs of the model that decide what a fold adds and frees."""
+
+    inputs: frozenset[int]  # tensors any graph takes as an input
+    outputs: Counter[int]  # tensors any graph gives out, with how many graphs do
+    ir_version: int
+
+    @classmethod
+    def of(cls, graphs: Sequence[gs.Graph], ir_version: int) -> _Scope:
+        inputs = frozenset(id(t) for g in graphs for t in g.inputs)
+        return cls(inputs, Counter(id(t) for g in graphs for t in g.outputs), ir_version)
+
+
 @dataclass
 class _Plan:
-    """The foldable nodes of one graph and the values known for their outputs.
+    """The foldable nodes of one graph, the values known for their outputs, and their sizes.
 
     Tensors and nodes are keyed by ``id``: gs defines ``__eq__`` on both, not identity.
     """
 
     graph: gs.Graph
-    graph_outputs: set[int]  # outputs of any graph, main or nested
-    candidates: list[gs.Node]  # every foldable node, in graph order
-    folded: set[int]  # the candidates still planned to be folded
-    static: set[int]  # candidates whose values are known without evaluation
-    producer: dict[int, gs.Node]  # output tensor -> candidate node
+    scope: _Scope
+    candidates: list[gs.Node] = field(default_factory=list)  # every foldable node, in order
+    folded: set[int] = field(default_factory=set)  # the candidates still planned to be folded
+    producer: dict[int, gs.Node] = field(default_factory=dict)  # output tensor -> candidate
     values: dict[int, _Value] = field(default_factory=dict)
     kept_for_size: list[gs.Node] = field(default_factory=list)
     failed: set[int] = field(default_factory=set)  # candidates that could not be evaluated
     failures: dict[int, str] = field(default_factory=dict)  # why, for those that ran
+    _added_bytes: dict[int, int] = field(default_factory=dict)  # by tensor, until evaluated
+    _removed_bytes: dict[int, int] = field(default_factory=dict)  # by node, computed once
 
     @classmethod
-    def of(cls, graph: gs.Graph, graph_outputs: set[int]) -> _Plan:
-        plan = cls(graph, graph_outputs, candidates=[], folded=set(), static=set(), producer={})
+    def of(cls, graph: gs.Graph, scope: _Scope) -> _Plan:
+        plan = cls(graph, scope)
         for node in graph.nodes:
             static = plan.static_values(node)
             if static is None and not (
@@ -161,7 +197,6 @@ class _Plan:
             for tensor in node.outputs:
                 plan.producer[id(tensor)] = node
             if static is not None:
-                plan.static.add(id(node))
                 plan.values.update((id(t), v) for t, v in zip(node.outputs, static, strict=True))
         return plan
 
@@ -193,121 +228,118 @@ class _Plan:
         return (n for n in self.candidates if id(n) in self.folded)
 
     def frontier(self) -> list[gs.Tensor]:
-        """Folded tensors that something outside the folded nodes reads."""
-        outputs = {id(t) for t in self.graph.outputs}
+        """Folded tensors that an unfolded node (of any graph) or a graph output reads."""
         return [
             t
             for node in self.folded_nodes()
             for t in node.outputs
-            if t.name and (id(t) in outputs or any(id(c) not in self.folded for c in t.outputs))
+            if t.name
+            and (id(t) in self.scope.outputs or any(id(c) not in self.folded for c in t.outputs))
         ]
 
     # ------------------------------------------------------------------------------ sizes
 
-    def nbytes(self, tensor: gs.Tensor) -> int | None:
-        """The tensor's size: known, or estimated from a static shape, else None."""
-        if id(tensor) in self.values:
-            return _nbytes_of(self.values[id(tensor)])
-        if isinstance(tensor, gs.Constant):
-            return constant_nbytes(tensor)
-        shape = _static_shape(tensor)
-        if shape is None or tensor.dtype is None:
-            return None
-        try:
-            return math.prod(shape) * np.dtype(tensor.dtype).itemsize
-        except TypeError:  # an ONNX type without a numpy twin
-            return None
+    def growth(self, frontier: list[gs.Tensor]) -> int:
+        """Bytes the file would gain (negative: lose) if the plan were applied now."""
+        added = sum(self.added_bytes(t) for t in frontier)
+        removed = sum(self.removed_bytes(n) for n in self.folded_nodes())
+        return added - removed - self.freed_bytes()
 
-    def source_bytes(self, node: gs.Node) -> int | None:
-        """Bytes of what a node reads: what stays in the file if the node is kept."""
-        if node.op == "Constant" and id(node) in self.static:
-            return sum(_nbytes_of(self.values[id(t)]) for t in node.outputs)
-        sizes = [self.nbytes(t) for t in node.inputs if t.name]
-        return None if None in sizes else sum(sizes)
+    def added_bytes(self, tensor: gs.Tensor) -> int:
+        """Bytes a frontier tensor adds as an initializer; 0 while its size is unknown."""
+        if (known := self._added_bytes.get(id(tensor))) is not None:
+            return known
+        value = self.values.get(id(tensor))
+        if value is not None:
+            record, (data_type, dims) = _tensor_bytes(tensor.name, value), _type_of(value)
+        elif (estimate := _static_type(tensor)) is not None:
+            data_type, dims, nbytes = estimate
+            record = _raw_tensor_bytes(tensor.name, data_type, dims, nbytes)
+        else:
+            return 0
+        added = _field_bytes(_field_bytes(record))  # graph { initializer { ... } }
+        typed = _field_bytes(helper.make_tensor_value_info(tensor.name, data_type, dims).ByteSize())
+        if outputs := self.scope.outputs[id(tensor)]:
+            added += outputs * (typed - _value_info_bytes(tensor))
+        if self.scope.ir_version < 4:
+            added += typed
+        self._added_bytes[id(tensor)] = added
+        return added
 
-    def growth(self) -> int:
-        """Bytes of large new constants minus bytes of constants that become unused."""
-        new = sum(
-            size for t in self.frontier() if (size := self.nbytes(t) or 0) > SMALL_TENSOR_BYTES
-        )
+    def removed_bytes(self, node: gs.Node) -> int:
+        """Bytes that leave with a folded node: the node and its outputs' value_info."""
+        key = id(node)
+        if key not in self._removed_bytes:
+            interface = {id(t) for t in self.graph.inputs + self.graph.outputs}
+            entries = sum(
+                _value_info_bytes(t)
+                for t in node.outputs
+                if t.name
+                and id(t) not in interface
+                and isinstance(t, gs.Variable)
+                and (t.dtype is not None or t.shape is not None)  # gs writes no entry else
+            )
+            node_bytes = _field_bytes(OnnxExporter.export_node(node).ByteSize())
+            self._removed_bytes[key] = node_bytes + entries
+        return self._removed_bytes[key]
+
+    def freed_bytes(self) -> int:
+        """Bytes of the initializers that only folded nodes read."""
         freed: dict[int, int] = {}
         for node in self.folded_nodes():
-            if node.op == "Constant" and id(node) in self.static:
-                freed[id(node)] = self.source_bytes(node)
             for tensor in node.inputs:
-                if isinstance(tensor, gs.Constant) and self._unused_after(tensor):
-                    freed[id(tensor)] = constant_nbytes(tensor)
-        return new - sum(freed.values())
+                if (
+                    isinstance(tensor, gs.Constant)
+                    and id(tensor) not in freed
+                    and not isinstance(tensor._values, SparseValues)  # uncounted: errs safe
+                    and id(tensor) not in self.scope.inputs
+                    and id(tensor) not in self.scope.outputs
+                    and all(id(c) in self.folded for c in tensor.outputs)
+                ):
+                    freed[id(tensor)] = _field_bytes(_tensor_bytes(tensor.name, tensor._values))
+        return sum(freed.values())
 
-    def _unused_after(self, constant: gs.Constant) -> bool:
-        return id(constant) not in self.graph_outputs and all(
-            id(c) in self.folded for c in constant.outputs
-        )
+    def fit(self, budget: int) -> None:
+        """Keep frontier producers, worst balance first, until the growth fits ``budget``.
 
-    def keep_growing_unfolded(self, budget: int) -> None:
-        """Keep the producers of frontier tensors that would grow the file, to a fixpoint."""
-        changed = True
-        while changed:
-            changed = False
-            for tensor in self.frontier():
-                node = self.producer[id(tensor)]
-                if id(node) not in self.folded:
-                    continue
-                size, source = self.nbytes(tensor), self.source_bytes(node)
-                if size is None or source is None or size <= SMALL_TENSOR_BYTES:
-                    continue
-                if size - source > budget:
-                    self.unfold(node)
-                    changed = True
-
-    def enforce_budget(self, budget: int) -> None:
-        """Unfold the biggest offenders until the total growth fits ``budget``."""
-        while (growth := self.growth()) > budget:
-            offenders = sorted(
-                (
-                    t
-                    for t in self.frontier()
-                    if (self.nbytes(t) or 0) > SMALL_TENSOR_BYTES
-                    and id(self.producer[id(t)]) not in self.static  # moving those saves nothing
-                ),
-                key=lambda t: self.nbytes(t) or 0,
-                reverse=True,
-            )
-            if not offenders:
-                return
-            # Prefer an unfold that really reduces the growth; else the biggest one, which
-            # moves the frontier upstream (and terminates: every round unfolds a node).
-            trial = None
-            for tensor in offenders:
-                candidate = self.copy()
-                candidate.unfold(candidate.producer[id(tensor)])
-                candidate.keep_growing_unfolded(budget)
-                if candidate.growth() < growth:
-                    trial = candidate
+        A producer's balance is what its frontier outputs add minus the bytes of the node
+        itself. As every folded node counts as removed, the frontier producers' balances add up
+        to at least the growth, so keeping the worst until their balances cover the excess is
+        enough in one round, unless keeping them moved the frontier onto costlier tensors or
+        kept initializers in use: the next round goes on from there.
+        """
+        while (excess := self.growth(frontier := self.frontier()) - budget) > 0:
+            for balance, node in self._producers_by_balance(frontier):
+                self.folded.discard(id(node))
+                self.kept_for_size.append(node)
+                excess -= balance
+                if excess <= 0:
                     break
-            if trial is None:
-                self.unfold(self.producer[id(offenders[0])])
-                self.keep_growing_unfolded(budget)
-            else:
-                self.folded, self.kept_for_size = trial.folded, trial.kept_for_size
 
-    def unfold(self, node: gs.Node) -> None:
-        self.folded.discard(id(node))
-        self.kept_for_size.append(node)
+    def _producers_by_balance(self, frontier: list[gs.Tensor]) -> list[tuple[int, gs.Node]]:
+        """The frontier producers with their balances, worst (largest) first."""
+        in_frontier = {id(t) for t in frontier}
+        producers = {id(n): n for n in (self.producer[id(t)] for t in frontier)}
+        balances = [(self._balance(n, in_frontier), n) for n in producers.values()]
+        return sorted(balances, key=lambda pair: pair[0], reverse=True)
 
-    def copy(self) -> _Plan:
-        """A plan to try unfolding on: only the folding decisions are its own."""
-        return replace(self, folded=set(self.folded), kept_for_size=list(self.kept_for_size))
+    def _balance(self, node: gs.Node, in_frontier: set[int]) -> int:
+        added = sum(self.added_bytes(t) for t in node.outputs if id(t) in in_frontier)
+        return added - self.removed_bytes(node)
 
     # ------------------------------------------------------------------------- evaluation
 
-    def evaluate(self, model: Model) -> None:
-        """Compute the values the frontier needs; drop the nodes onnxruntime cannot run."""
-        while needed := self._needed():
-            try:
-                self.values.update(_run(needed, self.input_proto, model))
-            except Exception:  # onnxruntime raises many types; retry node by node
-                self._evaluate_one_by_one(needed, model)
+    def evaluate(self, model: Model) -> bool:
+        """Compute the values the frontier lacks; False when it lacks none."""
+        needed = self._needed()
+        if not needed:
+            return False
+        self._added_bytes.clear()  # estimates give way to the sizes of the values
+        try:
+            self.values.update(_run(needed, self.input_proto, model))
+        except Exception:  # onnxruntime raises many types; retry node by node
+            self._evaluate_one_by_one(needed, model)
+        return True
 
     def _needed(self) -> list[gs.Node]:
         """Candidates, not yet evaluated, whose outputs the frontier depends on.
@@ -380,9 +412,9 @@ class _Plan:
                 by_reason.setdefault(f"onnxruntime cannot evaluate them ({reason})", []).append(
                     node
                 )
-        kept = [n for n in self.kept_for_size if id(n) not in self.folded]
-        if kept:
-            by_reason[f"they would grow the model by more than max_growth_bytes={budget}"] = kept
+        if self.kept_for_size:
+            reason = f"they would grow the file by more than max_growth_bytes={budget} bytes"
+            by_reason[reason] = self.kept_for_size
         return [
             f"fold-constants: left {len(nodes)} node(s) unfolded because {reason}: "
             f"{_list_nodes(nodes)}"
@@ -454,8 +486,62 @@ def _static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
     return None
 
 
-def _nbytes_of(value: _Value) -> int:
-    return int(value.nbytes)
+# ---------------------------------------------------------------------------------- sizes
+
+
+def _field_bytes(size: int) -> int:
+    """Bytes of a length-delimited protobuf field of ``size`` bytes (field numbers below 16,
+    as for nodes, initializers and value infos in a graph, or raw data in a tensor)."""
+    return 1 + max(1, (size.bit_length() + 6) // 7) + size
+
+
+def _tensor_bytes(name: str, value: _Value) -> int:
+    """Serialized size of the TensorProto that saving writes for ``value`` named ``name``."""
+    if isinstance(value, LazyValues):
+        proto = value.tensor
+        if external_data_helper.uses_external_data(proto):  # counted as if inline
+            return _raw_tensor_bytes(name, proto.data_type, list(proto.dims), int(value.nbytes))
+        old_name = _field_bytes(len(proto.name.encode())) if proto.HasField("name") else 0
+        return proto.ByteSize() - old_name + _field_bytes(len(name.encode()))
+    array = np.asarray(value)
+    if array.dtype.kind in "OSU":  # strings are stored one by one, not as raw bytes
+        return numpy_helper.from_array(array, name).ByteSize()
+    data_type, dims = _type_of(array)
+    return _raw_tensor_bytes(name, data_type, dims, array.nbytes)
+
+
+def _raw_tensor_bytes(name: str, data_type: int, dims: list[int], nbytes: int) -> int:
+    """Size of a TensorProto with ``nbytes`` of raw data, without building the data."""
+    header = onnx.TensorProto(name=name, data_type=data_type, dims=dims)
+    return header.ByteSize() + _field_bytes(nbytes)
+
+
+def _type_of(value: _Value) -> tuple[int, list[int]]:
+    """ONNX element type and dims of a value."""
+    if isinstance(value, LazyValues):
+        return value.tensor.data_type, list(value.tensor.dims)
+    array = np.asarray(value)
+    return helper.np_dtype_to_tensor_dtype(array.dtype), list(array.shape)
+
+
+def _static_type(tensor: gs.Tensor) -> tuple[int, list[int], int] | None:
+    """ONNX element type, dims and data bytes of a tensor not yet computed, if all known."""
+    shape = _static_shape(tensor)
+    if shape is None or tensor.dtype is None:
+        return None
+    try:
+        data_type, itemsize = dtype_to_onnx(tensor.dtype), np.dtype(tensor.dtype).itemsize
+    except (TypeError, KeyError, ValueError, RuntimeError):  # a type numpy lacks
+        return None
+    if data_type == onnx.TensorProto.STRING:
+        return None
+    return data_type, list(shape), math.prod(shape) * itemsize
+
+
+def _value_info_bytes(tensor: gs.Tensor) -> int:
+    """Bytes of the typed entry gs writes for a tensor in a graph's inputs, outputs or
+    value_info."""
+    return _field_bytes(OnnxExporter.export_value_info_proto(tensor, False).ByteSize())
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -1,7 +1,10 @@
 """The default pipeline over third-party graphs: onnx's backend test models.
 
 Every model that onnxruntime can run must, after ``onnxslim.optimize``, pass onnx.checker and
-still give the outputs recorded beside it. The models are the ones the onnx wheel ships
+still give the outputs recorded beside it; and fold-constants alone must never make its file
+larger (both files written by ``onnxslim.model.save``, the other without any pass).
+
+The models are the ones the onnx wheel ships
 (``onnx/backend/test/data/{node,simple,pytorch-converted,pytorch-operator}``); newer onnx
 wheels no longer ship the node tests but still carry the code that generates them, so there
 they are written to a temporary folder first.
@@ -31,7 +34,10 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from onnxslim import optimize, save
+from onnxslim import optimize
+from onnxslim.model import load, save
+from onnxslim.pipeline import PassManager
+from onnxslim.registry import parse_pipeline
 
 KINDS = ("node", "simple", "pytorch-converted", "pytorch-operator")
 RTOL = 1e-3
@@ -61,6 +67,8 @@ class CaseResult:
     detail: str = ""
     nodes_before: int = 0
     nodes_after: int = 0
+    saved_bytes: int = 0  # the model written as loaded
+    folded_bytes: int = 0  # the model written after fold-constants alone
 
 
 class UnsupportedData(Exception):
@@ -202,6 +210,7 @@ def _check(directory: Path, name: str) -> CaseResult:
         name, "passed", nodes_before=report.before.nodes, nodes_after=report.after.nodes
     )
     with tempfile.TemporaryDirectory(prefix="onnxslim-corpus-") as scratch:
+        result.saved_bytes, result.folded_bytes = _file_sizes(model_path, Path(scratch))
         optimized_path = save(model, Path(scratch) / "optimized.onnx")
         try:
             onnx.checker.check_model(str(optimized_path), full_check=_passes_full_check(proto))
@@ -215,6 +224,16 @@ def _check(directory: Path, name: str) -> CaseResult:
             if problem := _compare(*outputs):
                 return _failed(result, f"data set {index}, output {position}: {problem}")
     return result
+
+
+def _file_sizes(model_path: Path, scratch: Path) -> tuple[int, int]:
+    """Bytes of the model saved as loaded, and saved after fold-constants alone (with the
+    manager's cleanup, but no infer-shapes: its value_info would not be like for like)."""
+    saved = save(load(model_path), scratch / "saved.onnx")
+    model = load(model_path)
+    PassManager(parse_pipeline("fold-constants")).run(model)
+    folded = save(model, scratch / "folded.onnx")
+    return saved.stat().st_size, folded.stat().st_size
 
 
 def _passes_full_check(proto: onnx.ModelProto) -> bool:
@@ -261,26 +280,48 @@ class _Summary:
         terminalreporter.write_line(self.line)
 
 
-def test_default_pipeline_keeps_backend_test_models_correct(tmp_path, request):
-    dirs = corpus_dirs(tmp_path)
+@pytest.fixture(scope="module")
+def corpus_results(tmp_path_factory) -> list[CaseResult]:
+    """Every model checked once, in a pool of worker processes, for all tests below."""
+    dirs = corpus_dirs(tmp_path_factory.mktemp("corpus"))
     assert dirs, "the onnx wheel ships no backend test models"
     workers = max(1, min(os.cpu_count() or 1, 4))
     context = multiprocessing.get_context("spawn")  # the parent has onnxruntime threads
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         results = list(pool.map(check_case, [str(d) for d in dirs], chunksize=16))
+    # Guard against a harness that quietly skips everything (a broken onnxruntime, say).
+    ran = sum(1 for r in results if r.status != "skipped")
+    assert ran >= len(dirs) // 2, f"only {ran} of {len(dirs)} models ran"
+    return results
 
-    counts = Counter(r.status for r in results)
-    reasons = Counter(r.reason for r in results if r.status == "skipped")
-    failures = [r for r in results if r.status == "failed"]
-    shrunk = sum(1 for r in results if r.status == "passed" and r.nodes_after < r.nodes_before)
+
+def fold_size_changes(results: list[CaseResult]) -> Counter:
+    """How many model files fold-constants "shrank", left "unchanged" or made "grew"."""
+    change = {-1: "shrank", 0: "unchanged", 1: "grew"}
+    return Counter(
+        change[np.sign(r.folded_bytes - r.saved_bytes)] for r in results if r.saved_bytes
+    )
+
+
+def report_line(request, line: str) -> None:
+    print(line)
+    request.config.pluginmanager.register(_Summary(line))
+
+
+def test_default_pipeline_keeps_backend_test_models_correct(corpus_results, request):
+    counts = Counter(r.status for r in corpus_results)
+    reasons = Counter(r.reason for r in corpus_results if r.status == "skipped")
+    failures = [r for r in corpus_results if r.status == "failed"]
+    shrunk = sum(
+        1 for r in corpus_results if r.status == "passed" and r.nodes_after < r.nodes_before
+    )
     reason_text = ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
     line = (
         f"corpus: {counts['passed'] + counts['failed']} models ran, {counts['skipped']} skipped "
         f"(reasons: {reason_text or 'none'}), {counts['failed']} failed; "
         f"{shrunk} lost nodes to optimization"
     )
-    print(line)
-    request.config.pluginmanager.register(_Summary(line))
+    report_line(request, line)
     if report_path := os.environ.get(REPORT_ENV):
         Path(report_path).write_text(
             json.dumps(
@@ -292,14 +333,27 @@ def test_default_pipeline_keeps_backend_test_models_correct(tmp_path, request):
                     "skipped": counts["skipped"],
                     "failed": counts["failed"],
                     "shrunk": shrunk,
+                    "fold_file_sizes": dict(fold_size_changes(corpus_results)),
                     "skip_reasons": dict(reasons),
                     "failures": [asdict(r) for r in failures],
                 },
                 indent=2,
             )
         )
-    # Guard against a harness that quietly skips everything (a broken onnxruntime, say).
-    assert counts["passed"] + counts["failed"] >= len(dirs) // 2, line
     if failures:
         listing = "\n".join(f"{r.name}: {r.detail}" for r in failures)
         pytest.fail(f"{len(failures)} model(s) broken by optimization:\n{listing}", pytrace=False)
+
+
+def test_fold_constants_never_makes_a_backend_test_model_file_larger(corpus_results, request):
+    changes = fold_size_changes(corpus_results)
+    line = (
+        f"corpus: fold-constants alone shrank {changes['shrank']} model files, left "
+        f"{changes['unchanged']} the same size and grew {changes['grew']}"
+    )
+    report_line(request, line)
+    assert changes["shrank"], f"folding shrank no file, so this test proves nothing: {line}"
+    grown = [r for r in corpus_results if r.folded_bytes > r.saved_bytes]
+    assert not grown, "\n".join(
+        f"{r.name}: {r.saved_bytes} -> {r.folded_bytes} bytes" for r in grown
+    )
