@@ -31,6 +31,10 @@ from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnxslim.errors import ModelLoadError, ModelSaveError
 
+# gs reports what it skips or repairs as warnings on stdout; onnxslim handles those cases
+# itself (see _restore_type_attributes) and reports through its own channels.
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+
 __all__ = [
     "Model",
     "load",
@@ -98,6 +102,7 @@ class Model:
     base_dir: Path | None = None
     source: Path | None = None
     top_level_initializers: frozenset[str] = field(default_factory=frozenset)
+    non_tensor_types: dict[str, onnx.TypeProto] = field(default_factory=dict)
 
     @property
     def opset(self) -> int:
@@ -345,38 +350,67 @@ def _from_proto(proto: onnx.ModelProto, base_dir: Path | None, source: Path | No
                 f"external data file '{location}' of tensor '{tensor.name}' is missing "
                 f"(looked in {base_dir})"
             )
-    unsupported = next(_unsupported_values(proto.graph), None)
-    if unsupported is not None:
-        name, kind = unsupported
-        raise ModelLoadError(
-            f"value '{name}' has an {kind} type, which onnxslim cannot rewrite yet "
-            "(tensors, sequences and sparse tensors are supported)"
-        )
     top_level = frozenset(t.name for t in proto.graph.initializer)
     try:
         graph = gs.import_onnx(proto)
     except Exception as exc:  # gs raises bare exceptions on malformed graphs
         raise ModelLoadError(f"cannot read the graph: {exc}") from exc
+    _restore_type_attributes(proto.graph, graph)
     if external:
         _attach_base_dir(graph, base_dir)
 
     return Model(
         graph=graph,
         shell=_without_graph(proto),
+        non_tensor_types=_non_tensor_types(proto.graph),
         base_dir=base_dir,
         source=source,
         top_level_initializers=top_level,
     )
 
 
-def _unsupported_values(graph: onnx.GraphProto) -> Iterator[tuple[str, str]]:
-    """Values whose type onnx-graphsurgeon cannot write back (optional, map, opaque)."""
-    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
-        kind = value.type.WhichOneof("value")
-        if kind in ("optional_type", "map_type", "opaque_type"):
-            yield value.name, kind.removesuffix("_type")
+def _values_of(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
+    """Typed values of a graph and of all its subgraphs."""
+    yield from graph.input
+    yield from graph.output
+    yield from graph.value_info
     for sub in _subgraph_protos(graph):
-        yield from _unsupported_values(sub)
+        yield from sub.input
+        yield from sub.output
+        yield from sub.value_info
+
+
+def _is_gs_representable(value_type: onnx.TypeProto) -> bool:
+    """gs keeps tensor, sparse tensor and sequence-of-tensor types; it cannot write others."""
+    kind = value_type.WhichOneof("value")
+    if kind == "sequence_type":
+        return value_type.sequence_type.elem_type.WhichOneof("value") == "tensor_type"
+    return kind in ("tensor_type", "sparse_tensor_type", None)
+
+
+def _non_tensor_types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
+    """Optional, map and opaque types (and sequences of them), to be written back by name."""
+    return {
+        value.name: value.type
+        for value in _values_of(graph)
+        if not _is_gs_representable(value.type)
+    }
+
+
+def _restore_type_attributes(proto_graph: onnx.GraphProto, graph: gs.Graph) -> None:
+    """Put back the TypeProto attributes (e.g. ``Optional(type=...)``) that gs skips on import.
+
+    gs imports nodes in file order, so the two node lists pair up; on export gs hands
+    attribute values it does not know to onnx.helper.make_attribute, which writes them.
+    """
+    for proto_node, node in zip(proto_graph.node, graph.nodes, strict=True):
+        for attr in proto_node.attribute:
+            if attr.type == onnx.AttributeProto.TYPE_PROTO:
+                node.attrs[attr.name] = attr.tp
+            elif attr.type == onnx.AttributeProto.TYPE_PROTOS:
+                node.attrs[attr.name] = list(attr.tps)
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                _restore_type_attributes(attr.g, node.attrs[attr.name])
 
 
 def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -461,13 +495,28 @@ def _export_skeleton(model: Model) -> _Skeleton:
     top_level_names = {t.name for t in ordered}
 
     saved_values = [(t, t._values) for t in ordered]
+    # gs cannot write optional or map types: export those values untyped, then restore them.
+    untyped = [
+        (t, t.dtype)
+        for g in iter_graphs(graph)
+        for t in g.tensors().values()
+        if isinstance(t, gs.Variable) and t.name in model.non_tensor_types
+    ]
     try:
         for tensor, _ in saved_values:
             tensor._values = LazyValues(_data_less(tensor))
+        for tensor, _ in untyped:
+            tensor.dtype = None
         proto = gs.export_onnx(graph, do_type_check=False)
     finally:
         for tensor, values in saved_values:
             tensor._values = values
+        for tensor, dtype in untyped:
+            tensor.dtype = dtype
+    if untyped:
+        for value in _values_of(proto.graph):
+            if value.name in model.non_tensor_types:
+                value.type.CopyFrom(model.non_tensor_types[value.name])
 
     del proto.graph.initializer[:]
     if top_level_names:

@@ -274,19 +274,50 @@ def test_initializers_of_old_ir_models_stay_graph_inputs(tmp_path):
     onnx.checker.check_model(saved, full_check=True)
 
 
-def test_optional_typed_values_are_refused_with_a_clear_error():
-    optional = helper.make_value_info(
-        "maybe", helper.make_optional_type_proto(helper.make_tensor_type_proto(1, [2]))
-    )
+def test_optional_typed_values_survive_the_round_trip(tmp_path):
+    optional = helper.make_optional_type_proto(helper.make_tensor_type_proto(1, [2]))
     proto = helper.make_model(
         helper.make_graph(
-            [helper.make_node("OptionalHasElement", ["maybe"], ["has"])],
+            [
+                helper.make_node("OptionalHasElement", ["maybe"], ["has"]),
+                helper.make_node("Identity", ["maybe"], ["same"]),
+            ],
             "g",
-            [optional],
+            [helper.make_value_info("maybe", optional)],
+            [tensor_info("has", TensorProto.BOOL, []), helper.make_value_info("same", optional)],
+        ),
+        opset_imports=[helper.make_opsetid("", 18)],
+        ir_version=8,
+    )
+    onnx.checker.check_model(proto, full_check=True)
+    path = save(load(proto), tmp_path / "optional.onnx")
+    saved = onnx.load(path)
+    assert saved.graph.input[0].type == optional
+    assert saved.graph.output[1].type == optional
+    onnx.checker.check_model(saved, full_check=True)
+    outputs = _run(path, {"maybe": np.array([1.0, 2.0], np.float32)})
+    assert bool(outputs[0]) is True
+    np.testing.assert_array_equal(outputs[1], [1.0, 2.0])
+
+
+def test_type_attributes_that_gs_skips_are_kept(tmp_path):
+    """``Optional(type=...)`` carries a TypeProto attribute, which gs does not import."""
+    element = helper.make_tensor_type_proto(TensorProto.FLOAT, [5])
+    proto = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Optional", [], ["empty"], type=element),
+                helper.make_node("OptionalHasElement", ["empty"], ["has"]),
+            ],
+            "g",
+            [],
             [tensor_info("has", TensorProto.BOOL, [])],
         ),
         opset_imports=[helper.make_opsetid("", 18)],
         ir_version=8,
     )
-    with pytest.raises(ModelLoadError, match="'maybe' has an optional type"):
-        load(proto)
+    path = save(load(proto), tmp_path / "typed.onnx")
+    saved = onnx.load(path)
+    assert saved.graph.node[0].attribute[0].tp == element
+    onnx.checker.check_model(saved, full_check=True)
+    assert bool(_run(path, {})[0]) is False
