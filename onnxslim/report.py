@@ -93,15 +93,20 @@ def render_optimize(report: OptimizeReport, console: Console) -> None:
     )
     console.print(summary)
 
-    passes = Table(title="passes", title_justify="left")
+    rounds = max((r.round or 0 for r in report.passes), default=0)
+    title = f"passes ({rounds} rounds to a fixed point)" if rounds else "passes"
+    passes = Table(title=title, title_justify="left")
     for column in ("pass", "round", "nodes", "weights", "time"):
-        passes.add_column(column, justify="left" if column == "pass" else "right")
+        passes.add_column(column, justify="left" if column == "pass" else "right", no_wrap=True)
     passes.add_column("notes")
+    idle = [r for r in report.passes if not r.changed and not r.notes]
     for record in report.passes:
+        if record in idle:
+            continue
         delta = record.nodes_after - record.nodes_before
         byte_delta = record.initializer_bytes_after - record.initializer_bytes_before
         passes.add_row(
-            escape(record.name) if record.changed else f"[dim]{escape(record.name)}[/]",
+            escape(record.name),
             str(record.round or ""),
             f"{delta:+d}" if delta else "[dim]0[/]",
             (("+" if byte_delta > 0 else "-") + human_bytes(abs(byte_delta)))
@@ -109,6 +114,15 @@ def render_optimize(report: OptimizeReport, console: Console) -> None:
             else "[dim]0[/]",
             f"{record.seconds * 1000:.0f} ms",
             escape("; ".join(record.notes)),
+        )
+    if idle:
+        passes.add_row(
+            f"[dim]{len(idle)} runs that changed nothing[/]",
+            "",
+            "",
+            "",
+            f"[dim]{sum(r.seconds for r in idle) * 1000:.0f} ms[/]",
+            "",
         )
     console.print(passes)
     if report.validation is not None:
@@ -134,15 +148,15 @@ def render_validation(report, console: Console) -> None:
     table = Table(
         title=f"validation: {report.samples} sample(s), {tolerances}", title_justify="left"
     )
-    for column in ("provider", "output", "shape", "max abs", "mean abs", "cosine", "SQNR dB"):
-        table.add_column(column, justify="left" if column in ("provider", "output") else "right")
-    table.add_column("top-1", justify="right")
-    table.add_column("")
+    table.add_column("provider", no_wrap=True)
+    table.add_column("output", overflow="fold")
+    for column in ("max abs", "mean abs", "cosine", "SQNR dB", "top-1"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("", overflow="fold")
     for row in report.outputs:
         table.add_row(
             row.provider,
             escape(row.name),
-            "x".join(map(str, row.shape)) if row.shape is not None else "-",
             _metric(row.max_abs, ".3g"),
             _metric(row.mean_abs, ".3g"),
             _metric(row.cosine, ".6f"),
