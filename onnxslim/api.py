@@ -23,7 +23,13 @@ from onnxslim.errors import ModelSaveError
 from onnxslim.model import Model, all_constants, load, save
 from onnxslim.model import refuse_overwriting_sources as _refuse_overwriting_sources
 from onnxslim.pipeline import PassContext, PassManager, PassRecord, Step
-from onnxslim.registry import DEFAULT_PIPELINE, load_plugin, load_recipe, parse_pipeline
+from onnxslim.registry import (
+    DEFAULT_PIPELINE,
+    load_plugin,
+    load_recipe,
+    parse_pipeline,
+    without_passes,
+)
 
 __all__ = ["optimize", "OptimizeResult", "OptimizeReport", "ModelSummary", "ValidationOptions"]
 
@@ -119,11 +125,10 @@ def resolve_steps(
     for plugin in plugins:
         load_plugin(plugin)
     if recipe is not None:
-        steps = load_recipe(recipe)
-        return parse_pipeline(",".join(s.label() for s in steps), skip=skip) if skip else steps
+        return without_passes(load_recipe(recipe), skip)
     if passes is None or isinstance(passes, str):
         return parse_pipeline(passes or DEFAULT_PIPELINE, skip=skip)
-    return list(passes)
+    return without_passes(list(passes), skip)
 
 
 def optimize(

@@ -43,6 +43,7 @@ __all__ = [
     "get_pass",
     "create_pass",
     "parse_pipeline",
+    "without_passes",
     "load_recipe",
     "load_plugin",
     "DEFAULT_PIPELINE",
@@ -192,18 +193,18 @@ def parse_pipeline(spec: str, *, skip: typing.Iterable[str] = ()) -> list[Step]:
     Passes named in ``skip`` are dropped wherever they appear.
     """
     parser = _SpecParser(spec)
-    steps = parser.parse_list(closing=None)
+    return without_passes(parser.parse_list(closing=None), skip)
+
+
+def without_passes(steps: list[Step], skip: typing.Iterable[str]) -> list[Step]:
+    """``steps`` with the passes named in ``skip`` dropped wherever they appear."""
     skipped = set(skip)
     for name in skipped:
-        get_pass(name)
-    return _without(steps, skipped)
-
-
-def _without(steps: list[Step], skipped: set[str]) -> list[Step]:
+        get_pass(name)  # an unknown name is an error, not a silent no-op
     kept: list[Step] = []
     for step in steps:
         if isinstance(step, FixedPoint):
-            inner = _without(step.steps, skipped)
+            inner = without_passes(step.steps, skipped)
             if inner:
                 kept.append(FixedPoint(inner, step.max_iterations))
         elif step.name not in skipped:

@@ -312,3 +312,19 @@ def test_model_with_external_data_is_optimized_to_external_data(make_classifier,
     np.testing.assert_allclose(
         run_model(out, feeds)[0], run_model(source, feeds)[0], rtol=0, atol=1e-5
     )
+
+
+def test_skip_applies_to_recipes_and_ready_made_steps(tmp_path):
+    from onnxslim.api import resolve_steps
+    from onnxslim.passes.cleanup import Cleanup
+    from onnxslim.passes.infer_shapes import InferShapes
+
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        '[[steps]]\nrepeat = ["infer-shapes", "cleanup"]\n\n[[steps]]\npass = "cleanup"\n'
+    )
+    (group,) = resolve_steps(recipe=recipe, skip=["cleanup"])
+    assert [s.name for s in group.steps] == ["infer-shapes"]
+    assert [s.name for s in resolve_steps([Cleanup(), InferShapes()], skip=["cleanup"])] == [
+        "infer-shapes"
+    ]
