@@ -315,9 +315,10 @@ def test_model_with_external_data_is_optimized_to_external_data(make_classifier,
 
 
 def test_skip_applies_to_recipes_and_ready_made_steps(tmp_path):
-    from onnxslim.api import resolve_steps
     from onnxslim.passes.cleanup import Cleanup
     from onnxslim.passes.infer_shapes import InferShapes
+
+    from onnxslim.api import resolve_steps
 
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(
