@@ -27,6 +27,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper, numpy_helper
+from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
+from onnx_graphsurgeon.importers.onnx_importer import get_numpy_type
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnxslim.errors import ModelLoadError, ModelSaveError
@@ -47,6 +49,7 @@ __all__ = [
     "constant_nbytes",
     "iter_graphs",
     "all_constants",
+    "gs_dtype",
     "PROTOBUF_LIMIT",
 ]
 
@@ -356,6 +359,8 @@ def _from_proto(proto: onnx.ModelProto, base_dir: Path | None, source: Path | No
     except Exception as exc:  # gs raises bare exceptions on malformed graphs
         raise ModelLoadError(f"cannot read the graph: {exc}") from exc
     _restore_type_attributes(proto.graph, graph)
+    if _GS_LOSSY_TYPES & {v.type.tensor_type.elem_type for v in _values_of(proto.graph)}:
+        _restore_element_types(proto.graph, graph)
     if external:
         _attach_base_dir(graph, base_dir)
 
@@ -411,6 +416,40 @@ def _restore_type_attributes(proto_graph: onnx.GraphProto, graph: gs.Graph) -> N
                 node.attrs[attr.name] = list(attr.tps)
             elif attr.type == onnx.AttributeProto.GRAPH:
                 _restore_type_attributes(attr.g, node.attrs[attr.name])
+
+
+def gs_dtype(elem_type: int) -> np.dtype | int:
+    """The dtype a gs tensor of ONNX element type ``elem_type`` carries: gs's numpy type, or
+    the type number itself where gs would write that numpy type back as another type (with
+    onnx < 1.18, INT4 and UINT4 become int8 and uint8). gs writes a type number as it is."""
+    dtype = get_numpy_type(elem_type)
+    if dtype is None or dtype_to_onnx(dtype) != elem_type:
+        return elem_type
+    return dtype
+
+
+_GS_LOSSY_TYPES = frozenset(
+    t
+    for t in onnx.helper.get_all_tensor_dtypes()
+    if get_numpy_type(t) is not None and isinstance(gs_dtype(t), int)
+)
+
+
+def _restore_element_types(proto_graph: onnx.GraphProto, graph: gs.Graph) -> None:
+    """Give tensors of the types in _GS_LOSSY_TYPES their ONNX type back (see gs_dtype)."""
+    tensors = graph.tensors()
+    for value in (*proto_graph.input, *proto_graph.output, *proto_graph.value_info):
+        tensor = tensors.get(value.name)
+        elem_type = value.type.tensor_type.elem_type
+        if isinstance(tensor, gs.Variable) and elem_type in _GS_LOSSY_TYPES:
+            tensor.dtype = elem_type
+    for proto_node, node in zip(proto_graph.node, graph.nodes, strict=True):
+        for attr in proto_node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _restore_element_types(attr.g, node.attrs[attr.name])
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub_proto, sub in zip(attr.graphs, node.attrs[attr.name], strict=True):
+                    _restore_element_types(sub_proto, sub)
 
 
 def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -17,6 +17,7 @@ pass.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import tempfile
 import time
@@ -99,7 +100,7 @@ class Pass:
     def options(cls) -> list[OptionSpec]:
         if not dataclasses.is_dataclass(cls):
             return []
-        hints = typing.get_type_hints(cls)
+        hints = _type_hints(cls)
         specs = []
         for f in dataclasses.fields(cls):
             if not f.init:
@@ -122,6 +123,12 @@ class Pass:
             if getattr(self, spec.name) != spec.default
         ]
         return f"{self.name}({', '.join(changed)})" if changed else self.name
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """Resolved annotations of a pass class (resolving them is slow; passes run often)."""
+    return typing.get_type_hints(cls)
 
 
 def _type_name(annotation: Any) -> str:

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import onnx
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
+from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_shape
 
-from onnxslim.model import stub_proto
+from onnxslim.model import gs_dtype, stub_proto
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
 
@@ -46,7 +46,7 @@ def _annotate(graph: gs.Graph, inferred: onnx.GraphProto) -> bool:
         tensor = tensors.get(info.name)
         if not isinstance(tensor, gs.Variable) or not info.type.HasField("tensor_type"):
             continue
-        dtype = get_onnx_tensor_dtype(info)
+        dtype = gs_dtype(info.type.tensor_type.elem_type)
         shape = get_onnx_tensor_shape(info)
         if (
             dtype is not None
