@@ -143,6 +143,7 @@ def optimize(
     verify_each: bool = False,
     validate: bool | ValidationOptions = False,
     check_input: bool = True,
+    target_opset: int | None = None,
     on_record=None,
 ) -> OptimizeResult:
     """Load ``model``, run the pipeline, optionally save and validate.
@@ -153,6 +154,8 @@ def optimize(
 
     With ``output`` the result is written atomically; with ``validate`` as well, it is written
     only if its outputs match the original's under onnxruntime (``report.written`` tells).
+    ``target_opset`` lets passes that need a newer opset (e.g. fusing LayerNormalization)
+    raise the model's opset when they have something to gain.
     """
     steps = resolve_steps(passes, recipe=recipe, skip=skip, plugins=plugins)
     options = ValidationOptions() if validate is True else (validate or None)
@@ -172,7 +175,7 @@ def optimize(
         reference = _reference_path(model, loaded, options, Path(scratch))
         start = time.perf_counter()
         manager = PassManager(steps, verify_each=verify_each, on_record=on_record)
-        records = manager.run(loaded, PassContext(model=loaded))
+        records = manager.run(loaded, PassContext(model=loaded, target_opset=target_opset))
         optimize_seconds = time.perf_counter() - start
 
         report = OptimizeReport(

@@ -156,6 +156,12 @@ def optimize(
     verify_each: Annotated[
         bool, typer.Option("--verify-each", help="Check the model after every pass.")
     ] = False,
+    target_opset: Annotated[
+        int | None,
+        typer.Option(
+            "--target-opset", min=1, help="Let fusions raise the opset to this (e.g. 20 for Gelu)."
+        ),
+    ] = None,
     validate: Annotated[
         bool,
         typer.Option("--validate", help="Compare outputs with the original; write only if equal."),
@@ -203,6 +209,7 @@ def optimize(
                 output=target,
                 external_data=external_data,
                 verify_each=verify_each,
+                target_opset=target_opset,
                 validate=options or False,
                 on_record=status
                 and (lambda r: status.update(f"optimizing {model.name}: {r.name} done")),

@@ -51,8 +51,11 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "onnxslim.passes"
-# Shapes first, so that fold-constants can fold Shape of static tensors in the first round.
-DEFAULT_PIPELINE = "[infer-shapes,cleanup,fold-constants]*10"
+# Shapes first, so that folding and the shape-aware rewrites see static shapes in round one.
+DEFAULT_PIPELINE = (
+    "[infer-shapes,cleanup,fold-constants,eliminate-noops,collapse-chains,"
+    "fuse-batchnorm,fuse-affine,fuse-layernorm,fuse-gelu,cse]*10"
+)
 
 _REGISTRY: dict[str, type[Pass]] = {}
 _discovered = False

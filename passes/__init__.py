@@ -4,4 +4,12 @@ Each module registers its passes with :func:`onnxslim.register_pass` when import
 imports them all so that the registry sees every built-in pass.
 """
 
-from onnxslim.passes import cleanup, fold_constants, infer_shapes  # noqa: F401
+from onnxslim.passes import (  # noqa: F401
+    cleanup,
+    cse,
+    eliminate,
+    fold_constants,
+    fuse_linear,
+    fuse_patterns,
+    infer_shapes,
+)

@@ -6,13 +6,12 @@ import hashlib
 from collections import defaultdict
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from onnxslim.model import iter_graphs, read_constant, read_constant_bytes
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
+from onnxslim.rewrite import bypass, element_type, replace_input
 
 __all__ = ["Cleanup"]
 
@@ -40,7 +39,7 @@ class Cleanup(Pass):
                 if (self.remove_identity and _is_removable_identity(node)) or (
                     self.remove_dropout and _is_inference_dropout(node, g)
                 ):
-                    changed |= _bypass(g, node)
+                    changed |= bypass(g, node)
         if self.deduplicate_initializers:
             changed |= _deduplicate_constants(graph)
         # The manager cleans up after a change; a standalone run must still remove dead code.
@@ -66,40 +65,6 @@ def _is_inference_dropout(node: gs.Node, graph: gs.Graph) -> bool:
     return True
 
 
-def _bypass(graph: gs.Graph, node: gs.Node) -> bool:
-    """Make the consumers of ``node``'s output read its input instead; remove the node."""
-    source, result = node.inputs[0], node.outputs[0]
-    if result in graph.outputs:
-        producer = source.inputs[0] if isinstance(source, gs.Variable) and source.inputs else None
-        # The output name must survive: let the producer write it directly, when that is legal.
-        if (
-            producer is None
-            or producer not in graph.nodes
-            or source in graph.outputs
-            or source in graph.inputs
-            or result in graph.inputs
-        ):
-            return False
-        for consumer in list(source.outputs):
-            if consumer is not node:
-                _replace_input(consumer, source, result)
-        producer.outputs[producer.outputs.index(source)] = result
-        node.inputs.clear()
-        node.outputs.clear()
-        return True
-    for consumer in list(result.outputs):
-        _replace_input(consumer, result, source)
-    node.inputs.clear()
-    node.outputs.clear()
-    return True
-
-
-def _replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
-    for index, tensor in enumerate(node.inputs):
-        if tensor is old:
-            node.inputs[index] = new
-
-
 def _deduplicate_constants(graph: gs.Graph) -> bool:
     """Point every reader of an initializer at the first identical one."""
     protected = {id(t) for g in iter_graphs(graph) for t in g.inputs + g.outputs}
@@ -113,7 +78,7 @@ def _deduplicate_constants(graph: gs.Graph) -> bool:
                 and id(tensor) not in protected
             ):
                 seen.add(id(tensor))
-                by_signature[(_dtype_key(tensor), tuple(tensor.shape))].append(tensor)
+                by_signature[(element_type(tensor), tuple(tensor.shape))].append(tensor)
 
     changed = False
     for candidates in by_signature.values():
@@ -131,17 +96,9 @@ def _deduplicate_constants(graph: gs.Graph) -> bool:
                 keeper = keepers.setdefault(digest, tensor)
                 if keeper is not tensor:
                     for consumer in list(tensor.outputs):
-                        _replace_input(consumer, tensor, keeper)
+                        replace_input(consumer, tensor, keeper)
                     changed = True
     return changed
-
-
-def _dtype_key(tensor: gs.Constant) -> int:
-    """The ONNX element type, so that a folded numpy constant matches a loaded twin."""
-    values = tensor._values
-    if isinstance(values, LazyValues):
-        return int(values.tensor.data_type)
-    return int(onnx.helper.np_dtype_to_tensor_dtype(np.asarray(values).dtype))
 
 
 def _digest(tensor: gs.Constant, prefix_only: bool) -> bytes:

@@ -54,6 +54,7 @@ from onnxslim.errors import PipelineSpecError
 from onnxslim.model import Model, iter_graphs, read_constant
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
+from onnxslim.rewrite import describe_nodes
 from onnxslim.runtime import require_onnxruntime
 
 __all__ = ["FoldConstants"]
@@ -417,7 +418,7 @@ class _Plan:
             by_reason[reason] = self.kept_for_size
         return [
             f"fold-constants: left {len(nodes)} node(s) unfolded because {reason}: "
-            f"{_list_nodes(nodes)}"
+            f"{describe_nodes(nodes)}"
             for reason, nodes in by_reason.items()
         ]
 
@@ -580,12 +581,6 @@ def _run(
         if info.type not in _NUMPY_RESULT_TYPES or not isinstance(value, np.ndarray):
             raise TypeError(f"output '{info.name}' has type {info.type}, not kept as a constant")
     return {id(t): value for t, value in zip(outputs, results, strict=True)}
-
-
-def _list_nodes(nodes: list[gs.Node], shown: int = 5) -> str:
-    names = [f"{n.op} '{n.name or next((t.name for t in n.outputs if t.name), '')}'" for n in nodes]
-    more = f" and {len(nodes) - shown} more" if len(nodes) > shown else ""
-    return ", ".join(names[:shown]) + more
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,175 @@
+"""cse: compute each distinct value once."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+from onnxslim.model import iter_graphs, read_constant, read_constant_bytes
+from onnxslim.pipeline import Pass, PassContext
+from onnxslim.registry import register_pass
+from onnxslim.rewrite import element_type
+
+__all__ = ["EliminateCommonSubexpressions"]
+
+_PREFIX_BYTES = 4096
+# Domains whose ops are pure functions of their inputs and attributes (but see below).
+_DETERMINISTIC_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+# Each run of these draws new random numbers (Dropout too, in training mode).
+_NONDETERMINISTIC = frozenset(
+    {
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "Multinomial",
+        "Bernoulli",
+        "Dropout",
+    }
+)
+
+
+@register_pass("cse")
+class EliminateCommonSubexpressions(Pass):
+    """Merge nodes that compute the same thing: same op, attributes and inputs.
+
+    Inputs are the same when they are the same tensor, or initializers of equal type, shape and
+    bytes. Nodes are visited in topological order, so once two nodes merge, their readers can
+    merge in turn: whole duplicated chains (the position ids or attention masks that exporters
+    compute once per layer) collapse into one. Graph outputs keep their names. Random ops,
+    Dropout, custom domains and nodes whose subgraphs differ in any byte are never merged;
+    If/Loop/Scan bodies are processed too.
+    """
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
+        protected = {id(t) for g in iter_graphs(graph) for t in g.inputs + g.outputs}
+        changed = False
+        for g in iter_graphs(graph):
+            changed |= _merge_duplicates(g, protected)
+        return changed
+
+
+def _merge_duplicates(graph: gs.Graph, protected: set[int]) -> bool:
+    """Merge every node of ``graph`` into the first earlier node that computes the same."""
+    candidates: dict[tuple, list[gs.Node]] = defaultdict(list)
+    merged: set[int] = set()
+    for node in graph.nodes:
+        signature = _signature(node)
+        if signature is None:
+            continue
+        same = candidates[signature]
+        keeper = next((k for k in same if _same_constants(k, node)), None)
+        if keeper is not None and _merge(keeper, node, protected):
+            merged.add(id(node))
+        else:
+            same.append(node)
+    if merged:
+        graph.nodes = [n for n in graph.nodes if id(n) not in merged]
+    return bool(merged)
+
+
+def _signature(node: gs.Node) -> tuple | None:
+    """Everything that decides what ``node`` computes, except the bytes of its constant inputs
+    (compared only between nodes that agree on the rest); None for nodes never merged."""
+    if not _deterministic(node) or not any(t.name for t in node.outputs):
+        return None
+    try:
+        attributes = OnnxExporter.export_attributes(node.attrs)
+    except Exception:  # gs raises bare exceptions on attributes it cannot export
+        return None
+    return (
+        node.op,
+        node.domain or "",
+        tuple(sorted((a.name, _attribute_bytes(a)) for a in attributes)),
+        tuple(_input_key(t) for t in node.inputs),
+        tuple(bool(t.name) for t in node.outputs),
+    )
+
+
+def _deterministic(node: gs.Node) -> bool:
+    """Whether ``node`` and every node of its subgraphs are pure functions."""
+    if (node.domain or "") not in _DETERMINISTIC_DOMAINS or node.op in _NONDETERMINISTIC:
+        return False
+    return all(
+        _deterministic(inner)
+        for value in node.attrs.values()
+        for sub in (value if isinstance(value, list) else [value])
+        if isinstance(sub, gs.Graph)
+        for g in iter_graphs(sub)
+        for inner in g.nodes
+    )
+
+
+def _attribute_bytes(attribute: onnx.AttributeProto) -> bytes:
+    """The attribute serialized, without the names of tensor values (a Constant node's value
+    is the same whatever its initializer was called)."""
+    if attribute.type == onnx.AttributeProto.TENSOR:
+        attribute = onnx.AttributeProto.FromString(attribute.SerializeToString())
+        attribute.t.ClearField("name")
+    return attribute.SerializeToString(deterministic=True)
+
+
+def _input_key(tensor: gs.Tensor) -> Any:
+    if isinstance(tensor, gs.Constant):
+        return ("constant", element_type(tensor), tuple(tensor.shape))
+    if not tensor.name:
+        return ("absent",)
+    return id(tensor)
+
+
+def _same_constants(keeper: gs.Node, node: gs.Node) -> bool:
+    """Whether the constant inputs of two nodes with one signature hold the same values."""
+    return all(
+        a is b or _equal_values(a, b)
+        for a, b in zip(keeper.inputs, node.inputs, strict=True)
+        if isinstance(a, gs.Constant)
+    )
+
+
+def _equal_values(a: gs.Constant, b: gs.Constant) -> bool:
+    """Equal bytes (so NaNs of one bit pattern match, 0.0 and -0.0 do not); strings, which
+    have no bytes in numpy, compare element by element.
+
+    Weights of one shape read by one input (a layer's query, key and value projections) differ
+    early: their first bytes are compared before the rest is read.
+    """
+    if element_type(a) == onnx.TensorProto.STRING:
+        return bool(np.array_equal(read_constant(a), read_constant(b)))
+    if read_constant_bytes(a, _PREFIX_BYTES) != read_constant_bytes(b, _PREFIX_BYTES):
+        return False
+    return read_constant_bytes(a) == read_constant_bytes(b)
+
+
+def _merge(keeper: gs.Node, duplicate: gs.Node, protected: set[int]) -> bool:
+    """Let ``keeper``'s outputs stand for ``duplicate``'s and disconnect ``duplicate``.
+
+    Where ``duplicate`` writes a graph output, ``keeper`` writes that tensor instead, so the
+    name stays; when both write graph outputs, the two stay apart.
+    """
+    pairs = list(zip(keeper.outputs, duplicate.outputs, strict=True))
+    if any(id(k) in protected and id(d) in protected for k, d in pairs):
+        return False
+    duplicate.inputs.clear()
+    duplicate.outputs.clear()
+    for index, (kept, dropped) in enumerate(pairs):
+        if not dropped.name:
+            continue
+        if id(dropped) in protected:
+            _redirect(kept, dropped)
+            keeper.outputs[index] = dropped
+        else:
+            _redirect(dropped, kept)
+    return True
+
+
+def _redirect(old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make every reader of ``old`` (in subgraphs too) read ``new``."""
+    for reader in list(old.outputs):
+        for index, tensor in enumerate(reader.inputs):
+            if tensor is old:
+                reader.inputs[index] = new
