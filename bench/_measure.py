@@ -69,6 +69,7 @@ def measure_call(
     preload: Sequence[str] = (),
     timeout: float | None = None,
     env: dict[str, str] | None = None,
+    python: str | None = None,
     **kwargs: Any,
 ) -> Measurement:
     """Call ``function(*args, **kwargs)`` in a fresh Python child and measure the call.
@@ -76,8 +77,13 @@ def measure_call(
     ``function`` must be defined at module level (a script's ``__main__`` works: it is loaded
     under another name, so its ``if __name__ == "__main__"`` block does not run). Arguments and
     the return value travel by pickle. ``preload`` modules are imported before the clock starts.
+    ``python`` runs the child under another interpreter (another virtual environment's, to
+    measure a package that cannot share ours): the child then keeps that interpreter's import
+    path and loads ``function`` from its file.
     """
     module, file, qualname = _locate(function)
+    if python is not None and file is None:
+        file = sys.modules[function.__module__].__file__
     spec = {
         "kind": "call",
         "module": module,
@@ -86,9 +92,9 @@ def measure_call(
         "args": args,
         "kwargs": kwargs,
         "preload": list(preload),
-        "sys_path": list(sys.path),
+        "sys_path": None if python else list(sys.path),
     }
-    return _run_runner(spec, qualname, timeout, env)
+    return _run_runner(spec, qualname, timeout, env, python or sys.executable)
 
 
 def measure_command(
@@ -100,7 +106,7 @@ def measure_command(
     resident set (about 10 MB) at the moment it started the program.
     """
     spec = {"kind": "command", "argv": list(argv)}
-    return _run_runner(spec, " ".join(argv), timeout, env)
+    return _run_runner(spec, " ".join(argv), timeout, env, sys.executable)
 
 
 def _locate(function: Callable[..., Any]) -> tuple[str, str | None, str]:
@@ -115,13 +121,17 @@ def _locate(function: Callable[..., Any]) -> tuple[str, str | None, str]:
 
 
 def _run_runner(
-    spec: dict[str, Any], label: str, timeout: float | None, env: dict[str, str] | None
+    spec: dict[str, Any],
+    label: str,
+    timeout: float | None,
+    env: dict[str, str] | None,
+    python: str,
 ) -> Measurement:
     with tempfile.TemporaryDirectory(prefix="onnxslim-measure-") as scratch:
         spec_path = Path(scratch) / "spec.pickle"
         result_path = Path(scratch) / "result.pickle"
         spec_path.write_bytes(pickle.dumps(spec))
-        argv = [sys.executable, str(Path(__file__).resolve()), str(spec_path), str(result_path)]
+        argv = [python, str(Path(__file__).resolve()), str(spec_path), str(result_path)]
         # A session of its own, so that stopping the runner also stops a command it started
         # (on a timeout, and on Ctrl-C, which no longer reaches that session by itself).
         runner = subprocess.Popen(
@@ -198,7 +208,8 @@ def _import_target(spec: dict[str, Any]) -> Callable[..., Any]:
 
 
 def _call(spec: dict[str, Any]) -> dict[str, Any]:
-    sys.path[:] = spec["sys_path"]
+    if spec["sys_path"] is not None:
+        sys.path[:] = spec["sys_path"]
     for name in spec["preload"]:
         importlib.import_module(name)
     function = _import_target(spec)
