@@ -12,7 +12,21 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-__all__ = ["bypass", "replace_input", "element_type", "describe_nodes"]
+__all__ = ["bypass", "replace_input", "element_type", "describe_nodes", "NONDETERMINISTIC_OPS"]
+
+# Ops whose every run draws new random numbers (Dropout too, in training mode): folding or
+# merging them would freeze one draw.
+NONDETERMINISTIC_OPS = frozenset(
+    {
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "Multinomial",
+        "Bernoulli",
+        "Dropout",
+    }
+)
 
 
 def bypass(graph: gs.Graph, node: gs.Node, source: gs.Tensor | None = None) -> bool:

@@ -13,25 +13,13 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnxslim.model import iter_graphs, read_constant, read_constant_bytes
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
-from onnxslim.rewrite import element_type
+from onnxslim.rewrite import NONDETERMINISTIC_OPS, element_type
 
 __all__ = ["EliminateCommonSubexpressions"]
 
 _PREFIX_BYTES = 4096
 # Domains whose ops are pure functions of their inputs and attributes (but see below).
 _DETERMINISTIC_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
-# Each run of these draws new random numbers (Dropout too, in training mode).
-_NONDETERMINISTIC = frozenset(
-    {
-        "RandomNormal",
-        "RandomNormalLike",
-        "RandomUniform",
-        "RandomUniformLike",
-        "Multinomial",
-        "Bernoulli",
-        "Dropout",
-    }
-)
 
 
 @register_pass("cse")
@@ -93,7 +81,7 @@ def _signature(node: gs.Node) -> tuple | None:
 
 def _deterministic(node: gs.Node) -> bool:
     """Whether ``node`` and every node of its subgraphs are pure functions."""
-    if (node.domain or "") not in _DETERMINISTIC_DOMAINS or node.op in _NONDETERMINISTIC:
+    if (node.domain or "") not in _DETERMINISTIC_DOMAINS or node.op in NONDETERMINISTIC_OPS:
         return False
     return all(
         _deterministic(inner)

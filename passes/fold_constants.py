@@ -54,24 +54,12 @@ from onnxslim.errors import PipelineSpecError
 from onnxslim.model import Model, iter_graphs, read_constant
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
-from onnxslim.rewrite import describe_nodes
+from onnxslim.rewrite import NONDETERMINISTIC_OPS, describe_nodes
 from onnxslim.runtime import require_onnxruntime
 
 __all__ = ["FoldConstants"]
 
 _STANDARD_DOMAINS = ("", "ai.onnx")
-# Folding these would freeze one random draw (Dropout too, in training mode).
-_NONDETERMINISTIC = frozenset(
-    {
-        "RandomNormal",
-        "RandomNormalLike",
-        "RandomUniform",
-        "RandomUniformLike",
-        "Multinomial",
-        "Bernoulli",
-        "Dropout",
-    }
-)
 # Quantized models keep their QuantizeLinear/DequantizeLinear pairs: runtimes fuse them into
 # integer kernels, and folding DequantizeLinear would store the weights as floats again.
 _QUANTIZATION = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
@@ -443,7 +431,7 @@ def _evaluable(node: gs.Node) -> bool:
     """Whether onnxruntime may compute this node once, for good, at optimization time."""
     return (
         (node.domain or "") in _STANDARD_DOMAINS
-        and node.op not in _NONDETERMINISTIC
+        and node.op not in NONDETERMINISTIC_OPS
         and node.op not in _QUANTIZATION
         and node.op not in _NON_TENSOR_OUTPUTS
         and not any(_is_subgraph(v) for v in node.attrs.values())
