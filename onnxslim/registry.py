@@ -53,7 +53,7 @@ __all__ = [
 ENTRY_POINT_GROUP = "onnxslim.passes"
 # Shapes first, so that folding and the shape-aware rewrites see static shapes in round one.
 DEFAULT_PIPELINE = (
-    "[infer-shapes,cleanup,fold-constants,eliminate-noops,collapse-chains,"
+    "[infer-shapes,simplify-shapes,cleanup,fold-constants,eliminate-noops,collapse-chains,"
     "fuse-batchnorm,fuse-affine,fuse-layernorm,fuse-gelu,cse]*10"
 )
 

@@ -12,7 +12,19 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-__all__ = ["bypass", "replace_input", "element_type", "describe_nodes", "NONDETERMINISTIC_OPS"]
+__all__ = [
+    "bypass",
+    "replace_input",
+    "element_type",
+    "describe_nodes",
+    "static_dim",
+    "fresh_name",
+    "NONDETERMINISTIC_OPS",
+    "STANDARD_DOMAINS",
+]
+
+# The default ONNX domain, as gs and exporters spell it.
+STANDARD_DOMAINS = ("", "ai.onnx", None)
 
 # Ops whose every run draws new random numbers (Dropout too, in training mode): folding or
 # merging them would freeze one draw.
@@ -84,3 +96,20 @@ def describe_nodes(nodes: list[gs.Node], shown: int = 5) -> str:
     names = [f"{n.op} '{n.name or next((t.name for t in n.outputs if t.name), '')}'" for n in nodes]
     more = f" and {len(nodes) - shown} more" if len(nodes) > shown else ""
     return ", ".join(names[:shown]) + more
+
+
+def static_dim(dim: object) -> int | None:
+    """A dimension as an int when it is a known size, None when symbolic or unknown."""
+    if isinstance(dim, int | np.integer) and not isinstance(dim, bool) and dim >= 0:
+        return int(dim)
+    return None
+
+
+def fresh_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_N`` for the first N that is not in ``taken``; the name is reserved."""
+    name, number = base, 0
+    while name in taken:
+        number += 1
+        name = f"{base}_{number}"
+    taken.add(name)
+    return name

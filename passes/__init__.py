@@ -12,4 +12,5 @@ from onnxslim.passes import (  # noqa: F401
     fuse_linear,
     fuse_patterns,
     infer_shapes,
+    simplify_shapes,
 )

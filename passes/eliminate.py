@@ -26,11 +26,17 @@ from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
 from onnxslim.model import iter_graphs, read_constant, read_constant_bytes
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
-from onnxslim.rewrite import bypass, describe_nodes, element_type
+from onnxslim.rewrite import (
+    STANDARD_DOMAINS,
+    bypass,
+    describe_nodes,
+    element_type,
+    fresh_name,
+    static_dim,
+)
 
 __all__ = ["EliminateNoops", "CollapseChains"]
 
-_STANDARD_DOMAINS = ("", "ai.onnx", None)
 _INT64_MAX = int(np.iinfo(np.int64).max)
 # Checking whether a constant is all ones reads this many bytes first, so that a real weight
 # is told apart without reading all of it.
@@ -76,7 +82,7 @@ class EliminateNoops(Pass):
         for g in iter_graphs(graph):
             for node in list(g.nodes):
                 rule = _NOOP_RULES.get(node.op)
-                if rule is None or node.domain not in _STANDARD_DOMAINS or not node.inputs:
+                if rule is None or node.domain not in STANDARD_DOMAINS or not node.inputs:
                     continue
                 source = rule(node, opset, notes)
                 if source is not None:
@@ -103,7 +109,7 @@ class CollapseChains(Pass):
             members = {id(n) for n in g.nodes}
             for node in list(g.nodes):
                 rule = _CHAIN_RULES.get(node.op)
-                if rule is None or node.domain not in _STANDARD_DOMAINS or not node.inputs:
+                if rule is None or node.domain not in STANDARD_DOMAINS or not node.inputs:
                     continue
                 producer_ops, merge = rule
                 while node.inputs:  # a merged node may merge again with its new feeder
@@ -147,13 +153,7 @@ def _dims(tensor: gs.Tensor) -> Dims | None:
     """The tensor's dims: ints where static, names or None where not; None if rank unknown."""
     if tensor.shape is None:
         return None
-    return [_static(d) if _static(d) is not None else d for d in tensor.shape]
-
-
-def _static(dim: object) -> int | None:
-    if isinstance(dim, int | np.integer) and not isinstance(dim, bool) and dim >= 0:
-        return int(dim)
-    return None
+    return [static_dim(d) if static_dim(d) is not None else d for d in tensor.shape]
 
 
 def _rank(tensor: gs.Tensor) -> int | None:
@@ -216,7 +216,7 @@ def _broadcast_keeps(dims: Dims, shape: list[int]) -> bool:
     if len(shape) > len(dims):
         return False
     return all(
-        s == 1 or _static(d) == s for s, d in zip(reversed(shape), reversed(dims), strict=False)
+        s == 1 or static_dim(d) == s for s, d in zip(reversed(shape), reversed(dims), strict=False)
     )
 
 
@@ -247,10 +247,12 @@ def _noop_reshape(node: gs.Node, opset: int, notes: _Notes) -> gs.Tensor | None:
             continue  # copies the input's dim
         if wanted == -1 and inferred is None:
             inferred = position
-        elif _static(dim) != wanted:
+        elif static_dim(dim) != wanted:
             return None
     # -1 takes what the other dims leave: the input's own dim, unless another one is 0.
-    if inferred is not None and any(_static(d) == 0 for i, d in enumerate(dims) if i != inferred):
+    if inferred is not None and any(
+        static_dim(d) == 0 for i, d in enumerate(dims) if i != inferred
+    ):
         return None
     return source
 
@@ -283,7 +285,7 @@ def _noop_slice(node: gs.Node, opset: int, notes: _Notes) -> gs.Tensor | None:
     if by_axis is None:
         return None
     for axis, (start, end, step) in by_axis.items():
-        dim = _static(dims[axis]) if dims is not None and axis < len(dims) else None
+        dim = static_dim(dims[axis]) if dims is not None and axis < len(dims) else None
         if step != 1:
             return None
         if dim is None:
@@ -309,7 +311,7 @@ def _noop_split(node: gs.Node, opset: int, notes: _Notes) -> gs.Tensor | None:
     axes = _normalized_axes([node.attrs.get("axis", 0)], _rank(source))
     if split is None or dims is None or axes is None or len(split) != 1:
         return None
-    return source if _static(dims[axes[0]]) == split[0] else None
+    return source if static_dim(dims[axes[0]]) == split[0] else None
 
 
 def _noop_resize(node: gs.Node, opset: int, notes: _Notes) -> gs.Tensor | None:
@@ -333,7 +335,9 @@ def _noop_resize(node: gs.Node, opset: int, notes: _Notes) -> gs.Tensor | None:
     axes = _normalized_axes(list(node.attrs.get("axes", range(len(dims)))), len(dims))
     if axes is None or len(axes) != len(sizes):
         return None
-    return source if all(_static(dims[a]) == s for a, s in zip(axes, sizes, strict=True)) else None
+    return (
+        source if all(static_dim(dims[a]) == s for a, s in zip(axes, sizes, strict=True)) else None
+    )
 
 
 def _noop_arithmetic(node: gs.Node, opset: int, notes: _Notes) -> gs.Tensor | None:
@@ -465,7 +469,7 @@ class _Chains:
         first = middle.inputs[0]
         if (
             first.op not in ops
-            or first.domain not in _STANDARD_DOMAINS
+            or first.domain not in STANDARD_DOMAINS
             or id(first) not in members
             or not first.inputs
             or first.outputs[0] is not middle
@@ -479,12 +483,7 @@ class _Chains:
         """A new int64 constant with a name no graph of the model uses."""
         if self._taken is None:
             self._taken = {name for g in iter_graphs(self.graph) for name in g.tensors()}
-        name, number = base, 0
-        while name in self._taken:
-            number += 1
-            name = f"{base}_{number}"
-        self._taken.add(name)
-        return gs.Constant(name, np.array(values, dtype=np.int64))
+        return gs.Constant(fresh_name(base, self._taken), np.array(values, dtype=np.int64))
 
     def set_ints(
         self, node: gs.Node, name: str, index: int, input_since: int, values: list[int]
@@ -560,7 +559,7 @@ class _Chains:
             copied = first_target is not None and position < len(first_target)
             if copied and first_target[position] == 0:
                 continue  # the intermediate dim is the input's dim
-            dim = _static(middle[position]) if position < len(middle) else None
+            dim = static_dim(middle[position]) if position < len(middle) else None
             if not dim:
                 self.notes.add(
                     "their 0 copies a dim of the intermediate tensor that is not static", second
@@ -609,7 +608,7 @@ class _Chains:
             (start1, end1, step1), (start2, end2, step2) = by_axis1[axis], by_axis2[axis]
             if step1 != 1 or step2 != 1:
                 return False
-            dim = _static(dims[axis]) if dims is not None and axis < len(dims) else None
+            dim = static_dim(dims[axis]) if dims is not None and axis < len(dims) else None
             bounds = _merged_range((start1, end1), (start2, end2), dim)
             if bounds is None:
                 return False
@@ -641,7 +640,7 @@ def _squeeze_axes(node: gs.Node, wide: gs.Tensor, rank: int | None, opset: int) 
     if given:
         return None if axes is None else _normalized_axes(axes, rank)
     dims = _dims(wide)
-    if dims is None or any(_static(d) is None for d in dims):
+    if dims is None or any(static_dim(d) is None for d in dims):
         return None
     return [i for i, d in enumerate(dims) if d == 1]
 
