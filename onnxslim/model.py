@@ -106,6 +106,9 @@ class Model:
     source: Path | None = None
     top_level_initializers: frozenset[str] = field(default_factory=frozenset)
     non_tensor_types: dict[str, onnx.TypeProto] = field(default_factory=dict)
+    # Shapes of intermediate tensors are written only if the input carried them: passes use
+    # them in memory, but a model should not grow by annotations nobody asked for.
+    keep_value_info: bool = True
 
     @property
     def opset(self) -> int:
@@ -378,10 +381,18 @@ def _from_proto(proto: onnx.ModelProto, base_dir: Path | None, source: Path | No
         graph=graph,
         shell=_without_graph(proto),
         non_tensor_types=_non_tensor_types(proto.graph),
+        keep_value_info=any(True for _ in _intermediate_values(proto.graph)),
         base_dir=base_dir,
         source=source,
         top_level_initializers=top_level,
     )
+
+
+def _intermediate_values(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
+    """value_info entries of a graph and all its subgraphs."""
+    yield from graph.value_info
+    for sub in _subgraph_protos(graph):
+        yield from sub.value_info
 
 
 def _values_of(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
@@ -566,6 +577,9 @@ def _export_skeleton(model: Model) -> _Skeleton:
         for value in _values_of(proto.graph):
             if value.name in model.non_tensor_types:
                 value.type.CopyFrom(model.non_tensor_types[value.name])
+    if not model.keep_value_info:
+        for graph_proto in (proto.graph, *_subgraph_protos(proto.graph)):
+            del graph_proto.value_info[:]
 
     del proto.graph.initializer[:]
     if top_level_names:

@@ -321,3 +321,19 @@ def test_type_attributes_that_gs_skips_are_kept(tmp_path):
     assert saved.graph.node[0].attribute[0].tp == element
     onnx.checker.check_model(saved, full_check=True)
     assert bool(_run(path, {})[0]) is False
+
+
+def test_intermediate_shapes_are_written_only_if_the_input_had_them(tmp_path):
+    from onnxslim.passes.infer_shapes import InferShapes
+
+    from onnxslim.pipeline import PassManager
+
+    bare = _matmul_model()
+    annotated = onnx.shape_inference.infer_shapes(_matmul_model())
+    assert not bare.graph.value_info and annotated.graph.value_info
+    for proto, expected in ((bare, []), (annotated, ["mm"])):
+        model = load(proto)
+        PassManager([InferShapes()]).run(model)
+        assert model.graph.tensors()["mm"].shape == ["N", 64]  # passes still see shapes
+        saved = onnx.load(save(model, tmp_path / "out.onnx"))
+        assert [v.name for v in saved.graph.value_info] == expected
