@@ -722,7 +722,7 @@ def _inlined(tensor: onnx.TensorProto, base_dir: Path | None) -> onnx.TensorProt
         raise ModelSaveError(
             f"cannot read external data of tensor '{tensor.name}' from {info.location}: {exc}"
         ) from exc
-    inline.data_location = onnx.TensorProto.DEFAULT
+    inline.ClearField("data_location")
     del inline.external_data[:]
     return inline
 
@@ -938,26 +938,66 @@ def _write_model_file(
     proto = skeleton.proto
     if data_file is None:
         _inline_nested_external(proto, model.base_dir)
-    else:
-        for nested in _nested_tensors(proto):
-            nbytes = _nested_nbytes(nested)
-            nested.CopyFrom(_externalize(nested, model.base_dir, data_file, size_threshold, nbytes))
+        _write_inline(handle, proto, skeleton.initializers, model.base_dir)
+        return
+    for nested in _nested_tensors(proto):
+        nbytes = _nested_nbytes(nested)
+        nested.CopyFrom(_externalize(nested, model.base_dir, data_file, size_threshold, nbytes))
 
     handle.write(proto.SerializeToString())
     for constant in skeleton.initializers:
-        if data_file is None:
-            tensor = _tensor_proto(constant, model.base_dir)
-        else:
-            tensor = _externalize(
-                _source_proto(constant),
-                _source_dir(constant, model.base_dir),
-                data_file,
-                size_threshold,
-                constant_nbytes(constant),
-            )
+        tensor = _externalize(
+            _source_proto(constant),
+            _source_dir(constant, model.base_dir),
+            data_file,
+            size_threshold,
+            constant_nbytes(constant),
+        )
         payload = tensor.SerializeToString()
         handle.write(_initializer_record(payload))
         handle.write(payload)
+
+
+def _write_inline(
+    handle, proto: onnx.ModelProto, initializers: list[gs.Constant], base_dir: Path | None
+) -> None:
+    """Write the model with its initializers inside one graph record, streamed one by one.
+
+    The graph record's length is known up front from each initializer's serialized size, so
+    the file has exactly the size a whole-model serialization would have (one record per
+    initializer would add a few bytes of framing each).
+    """
+    sizes = [_inline_size(constant, base_dir) for constant in initializers]
+    graph_bytes = proto.graph.SerializeToString()
+    proto.ClearField("graph")
+    handle.write(proto.SerializeToString())
+    records = sum(1 + len(_varint(size)) + size for size in sizes)
+    handle.write(_TAG_MODEL_GRAPH + _varint(len(graph_bytes) + records))
+    handle.write(graph_bytes)
+    for constant, size in zip(initializers, sizes, strict=True):
+        payload = _tensor_proto(constant, base_dir).SerializeToString()
+        if len(payload) != size:  # the file would not parse: refuse rather than corrupt it
+            raise ModelSaveError(
+                f"tensor '{constant.name}' serialized to {len(payload)} bytes, not {size}"
+            )
+        handle.write(_TAG_GRAPH_INITIALIZER + _varint(size))
+        handle.write(payload)
+
+
+def _inline_size(constant: gs.Constant, base_dir: Path | None) -> int:
+    """Serialized size of a constant as an inline TensorProto, without reading external data."""
+    values = constant._values
+    if isinstance(values, LazyValues) and external_data_helper.uses_external_data(values.tensor):
+        stub = onnx.TensorProto()
+        stub.CopyFrom(values.tensor)
+        stub.name = constant.name
+        stub.ClearField("data_location")
+        del stub.external_data[:]
+        length = external_data_helper.ExternalDataInfo(values.tensor).length
+        length = length if length else constant_nbytes(constant)
+        raw_field = 1 + len(_varint(length)) + length if length else 0
+        return stub.ByteSize() + raw_field
+    return _tensor_proto(constant, base_dir).ByteSize()
 
 
 def _source_proto(constant: gs.Constant) -> onnx.TensorProto:

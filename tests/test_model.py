@@ -337,3 +337,30 @@ def test_intermediate_shapes_are_written_only_if_the_input_had_them(tmp_path):
         assert model.graph.tensors()["mm"].shape == ["N", 64]  # passes still see shapes
         saved = onnx.load(save(model, tmp_path / "out.onnx"))
         assert [v.name for v in saved.graph.value_info] == expected
+
+
+@pytest.mark.parametrize("source", ["inline", "external"])
+def test_saved_file_is_no_larger_than_what_onnx_writes(tmp_path, source):
+    proto = _matmul_model()
+    path = tmp_path / "in.onnx"
+    if source == "external":
+        onnx.save(proto, path, save_as_external_data=True, location="in.bin", size_threshold=0)
+    else:
+        onnx.save(proto, path)
+    reference = tmp_path / "reference.onnx"
+    onnx.save(onnx.load(path), reference)  # onnx's own whole-model serialization, inline
+
+    out = save(load(path), tmp_path / "out.onnx")
+
+    if source == "inline":
+        assert out.stat().st_size == reference.stat().st_size
+        assert onnx.load(out) == onnx.load(reference)
+    else:  # onnx marks tensors read back from external data DEFAULT explicitly: 2 bytes each
+        expected = _matmul_model()  # saving with external data rewrote ``proto`` in place
+        assert out.stat().st_size == reference.stat().st_size - 2 * len(expected.graph.initializer)
+        for ours, theirs in zip(
+            onnx.load(out).graph.initializer, expected.graph.initializer, strict=True
+        ):
+            np.testing.assert_array_equal(
+                numpy_helper.to_array(ours), numpy_helper.to_array(theirs)
+            )
