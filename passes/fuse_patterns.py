@@ -36,6 +36,7 @@ from onnxslim.errors import PassError
 from onnxslim.model import Model, iter_graphs, load, read_constant, stub_proto
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
+from onnxslim.rewrite import fresh_name
 
 __all__ = ["FuseLayerNorm", "FuseGelu", "raise_opset", "LAYERNORM_OPSET", "GELU_OPSET"]
 
@@ -369,19 +370,10 @@ class _Names:
         self.tensors = {name for g in graphs for name in g.tensors()}
 
     def node(self, nodes: Sequence[gs.Node], op: str) -> str:
-        return self._unique(_scoped(nodes, op), self.nodes)
+        return fresh_name(_scoped(nodes, op), self.nodes)
 
     def tensor(self, base: str) -> str:
-        return self._unique(base, self.tensors)
-
-    @staticmethod
-    def _unique(base: str, taken: set[str]) -> str:
-        name, number = base, 0
-        while name in taken:
-            number += 1
-            name = f"{base}_{number}"
-        taken.add(name)
-        return name
+        return fresh_name(base, self.tensors)
 
 
 def _scoped(nodes: Sequence[gs.Node], op: str) -> str:
