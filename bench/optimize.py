@@ -21,7 +21,6 @@ import json
 import math
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import onnx
 from _measure import Measurement, MeasurementError, measure_call
+from _report import consoles, work_folder
 from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 from rich.table import Table
@@ -582,20 +582,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
-    console = Console()
-    if not console.is_terminal:  # a log or a pipe: do not squeeze the table into 80 columns
-        console = Console(width=160)
-    progress = Console(stderr=True)
-    started = time.perf_counter()
-
-    def log(message: str) -> None:
-        progress.print(f"[dim]{time.perf_counter() - started:7.1f}s[/] {message}")
-
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        folder, owned = args.workdir, False
-    else:
-        folder, owned = Path(tempfile.mkdtemp(prefix="onnxslim-bench-")), True
+    console, progress, log = consoles(width=160)
+    folder, owned = work_folder(args.workdir, prefix="onnxslim-bench-")
     rows, failed = [], False
     try:
         for spec in args.sizes:

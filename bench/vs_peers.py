@@ -29,8 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,8 +39,8 @@ import _tool_calls
 import numpy as np
 import onnx
 from _measure import Measurement, MeasurementError, measure_call
+from _report import consoles, work_folder
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 __all__ = [
@@ -702,14 +700,6 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _workdir(requested: Path | None) -> tuple[Path, bool]:
-    """The work folder and whether this run made it (and so removes it unless ``--keep``)."""
-    if requested is None:
-        return Path(tempfile.mkdtemp(prefix="onnxslim-peers-")), True
-    requested.mkdir(parents=True, exist_ok=True)
-    return requested, False
-
-
 def _bench_one(
     name: str, args: argparse.Namespace, workdir: Path, log: Callable[[str], None]
 ) -> ModelRow:
@@ -737,16 +727,8 @@ def _bench_one(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
-    console = Console()
-    if not console.is_terminal:  # a log or a pipe: do not squeeze the tables into 80 columns
-        console = Console(width=200)
-    progress = Console(stderr=True)
-    started = time.perf_counter()
-
-    def log(message: str) -> None:
-        progress.print(f"[dim]{time.perf_counter() - started:7.1f}s[/] {escape(message)}")
-
-    workdir, owned = _workdir(args.workdir)
+    console, progress, log = consoles(width=200)
+    workdir, owned = work_folder(args.workdir, prefix="onnxslim-peers-")
     rows: list[ModelRow] = []
     failures: list[str] = []
     try:
