@@ -53,6 +53,22 @@ def make_model(
     return model
 
 
+def run_model(
+    proto: onnx.ModelProto, feeds: dict[str, np.ndarray], *, ort_optimizations: bool = True
+) -> list[np.ndarray]:
+    """Run a model on onnxruntime's CPU provider. Pass tests compare with
+    ``ort_optimizations=False`` where onnxruntime's own rewrites could hide a pass's mistake."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if not ort_optimizations:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(
+        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    return session.run(None, feeds)
+
+
 def classifier(seed: int = 0, classes: int = 10, channels: int = 4) -> onnx.ModelProto:
     """Conv+Relu -> GlobalAveragePool -> Flatten -> Gemm: ``image`` [N,3,8,8] -> ``logits``
     [N, classes]. Weights are standard normal from ``seed``; initializers are named

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from conftest import make_model, tensor_info
+from conftest import make_model, run_model, tensor_info
 from onnx import TensorProto, helper
 from onnxslim.passes.cleanup import Cleanup
 
@@ -14,11 +13,6 @@ from onnxslim.model import load, to_proto
 from onnxslim.pipeline import PassManager
 
 X = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
-
-
-def _outputs(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
 
 
 def _cleaned(proto: onnx.ModelProto, **options) -> onnx.ModelProto:
@@ -33,8 +27,8 @@ def _ops(proto: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in proto.graph.node]
 
 
-def _assert_same_outputs(before: onnx.ModelProto, after: onnx.ModelProto, feeds) -> None:
-    for a, b in zip(_outputs(before, feeds), _outputs(after, feeds), strict=True):
+def _assert_samerun_model(before: onnx.ModelProto, after: onnx.ModelProto, feeds) -> None:
+    for a, b in zip(run_model(before, feeds), run_model(after, feeds), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=0)
 
 
@@ -50,7 +44,7 @@ def test_identity_between_nodes_is_removed():
     )
     result = _cleaned(proto)
     assert _ops(result) == ["Relu", "Neg"]
-    _assert_same_outputs(proto, result, {"x": X})
+    _assert_samerun_model(proto, result, {"x": X})
 
 
 def test_identity_producing_a_graph_output_keeps_the_output_name():
@@ -62,7 +56,7 @@ def test_identity_producing_a_graph_output_keeps_the_output_name():
     result = _cleaned(proto)
     assert _ops(result) == ["Relu"]
     assert [o.name for o in result.graph.output] == ["y"]
-    _assert_same_outputs(proto, result, {"x": X})
+    _assert_samerun_model(proto, result, {"x": X})
 
 
 def test_identity_from_graph_input_to_graph_output_must_stay():
@@ -82,7 +76,7 @@ def test_identity_whose_input_is_also_an_output_must_stay():
     )
     result = _cleaned(proto)
     assert _ops(result) == ["Relu", "Identity"]
-    _assert_same_outputs(proto, result, {"x": X})
+    _assert_samerun_model(proto, result, {"x": X})
 
 
 def test_inference_dropout_is_removed():
@@ -98,7 +92,7 @@ def test_inference_dropout_is_removed():
     result = _cleaned(proto)
     assert _ops(result) == ["Relu"]
     assert len(result.graph.initializer) == 0
-    _assert_same_outputs(proto, result, {"x": X})
+    _assert_samerun_model(proto, result, {"x": X})
 
 
 def test_dropout_whose_mask_is_used_must_stay():
@@ -138,7 +132,7 @@ def test_identical_initializers_are_merged():
     result = _cleaned(proto)
     assert [t.name for t in result.graph.initializer] == ["w1"]
     assert [list(n.input) for n in result.graph.node] == [["x", "w1"], ["a", "w1"]]
-    _assert_same_outputs(proto, result, {"x": X})
+    _assert_samerun_model(proto, result, {"x": X})
 
 
 def test_initializers_equal_only_in_their_first_bytes_are_kept_apart():
@@ -210,7 +204,7 @@ def test_identity_inside_an_if_branch_is_removed():
     branches = {a.name: a.g for a in result.graph.node[0].attribute}
     assert [n.op_type for n in branches["then_branch"].node] == ["Neg"]
     for condition in (True, False):
-        _assert_same_outputs(proto, result, {"c": np.array(condition), "x": X})
+        _assert_samerun_model(proto, result, {"c": np.array(condition), "x": X})
 
 
 @pytest.mark.parametrize("option", ["remove_identity", "remove_dropout"])
@@ -255,6 +249,6 @@ def test_duplicates_in_external_data_are_found_without_loading_the_weights(tmp_p
         for t in model.graph.tensors().values()
         if t.name in names
     )
-    _assert_same_outputs(
+    _assert_samerun_model(
         proto, to_proto(model), {"x": rng.standard_normal((2, 64)).astype(np.float32)}
     )

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from conftest import make_model, tensor_info
+from conftest import make_model, run_model, tensor_info
 from onnx import TensorProto, helper
 from onnxslim.passes.eliminate import CollapseChains, EliminateNoops
 from onnxslim.passes.infer_shapes import InferShapes
@@ -56,21 +55,15 @@ def feeds_for(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     return feeds
 
 
-def outputs(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs with onnxruntime's own graph optimizations off, so that they do not hide ours."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, feeds)
-
-
 def assert_same_outputs(
     before: onnx.ModelProto, after: onnx.ModelProto, feeds: dict | None = None
 ) -> None:
     feeds = feeds_for(before) if feeds is None else feeds
-    for expected, actual in zip(outputs(before, feeds), outputs(after, feeds), strict=True):
+    for expected, actual in zip(
+        run_model(before, feeds, ort_optimizations=False),
+        run_model(after, feeds, ort_optimizations=False),
+        strict=True,
+    ):
         assert actual.dtype == expected.dtype
         np.testing.assert_allclose(actual, expected, rtol=0, atol=ATOL)
 

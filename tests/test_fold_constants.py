@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
+from conftest import run_model
 from onnx import TensorProto, helper, numpy_helper
 from onnxslim.passes.fold_constants import FoldConstants
 
@@ -31,18 +31,6 @@ def fold(proto: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, PassRecord
     return folded, record
 
 
-def run(
-    proto: onnx.ModelProto, feeds: dict[str, np.ndarray], *, ort_optimizations: bool = True
-) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    if not ort_optimizations:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, feeds)
-
-
 def assert_same_outputs(
     before: onnx.ModelProto,
     after: onnx.ModelProto,
@@ -50,7 +38,7 @@ def assert_same_outputs(
     *,
     ort_optimizations: bool = True,
 ) -> None:
-    outputs = [run(m, feeds, ort_optimizations=ort_optimizations) for m in (before, after)]
+    outputs = [run_model(m, feeds, ort_optimizations=ort_optimizations) for m in (before, after)]
     for expected, actual in zip(*outputs, strict=True):
         np.testing.assert_allclose(actual, expected, rtol=0, atol=ATOL)
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from conftest import make_model, tensor_info
+from conftest import make_model, run_model, tensor_info
 from onnx import TensorProto, helper
 from onnxslim.passes.fuse_linear import FuseAffine, FuseBatchNorm
 from onnxslim.passes.infer_shapes import InferShapes
@@ -54,13 +53,8 @@ def _ops(proto: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in proto.graph.node]
 
 
-def _outputs(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
-
-
 def _assert_close(before: onnx.ModelProto, after: onnx.ModelProto, feeds) -> None:
-    for a, b in zip(_outputs(before, feeds), _outputs(after, feeds), strict=True):
+    for a, b in zip(run_model(before, feeds), run_model(after, feeds), strict=True):
         np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL)
 
 

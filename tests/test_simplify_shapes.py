@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from conftest import make_model, tensor_info
+from conftest import make_model, run_model, tensor_info
 from onnx import TensorProto, helper
 from onnxslim.passes.infer_shapes import InferShapes
 from onnxslim.passes.simplify_shapes import SimplifyShapes
@@ -55,16 +54,6 @@ def simplified(proto: onnx.ModelProto) -> onnx.ModelProto:
     return result
 
 
-def run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs with onnxruntime's own optimizations off, so that they do not hide ours."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, feeds)
-
-
 def assert_same_for_any_size(
     before: onnx.ModelProto, after: onnx.ModelProto, x_dims: list[int], **extra: np.ndarray
 ) -> None:
@@ -74,7 +63,11 @@ def assert_same_for_any_size(
         shape = [d.dim_value if d.HasField("dim_value") else size for d in declared]
         assert len(shape) == len(x_dims)
         feeds = {"x": np.zeros(shape, np.float32), **extra}
-        for expected, actual in zip(run(before, feeds), run(after, feeds), strict=True):
+        for expected, actual in zip(
+            run_model(before, feeds, ort_optimizations=False),
+            run_model(after, feeds, ort_optimizations=False),
+            strict=True,
+        ):
             assert actual.dtype == expected.dtype
             np.testing.assert_array_equal(actual, expected)
 
@@ -86,7 +79,7 @@ def op_types(proto: onnx.ModelProto) -> list[str]:
 def dims_output(proto: onnx.ModelProto, batch: int = 2) -> np.ndarray:
     declared = proto.graph.input[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else batch for d in declared]
-    return run(proto, {"x": np.zeros(shape, np.float32)})[0]
+    return run_model(proto, {"x": np.zeros(shape, np.float32)}, ort_optimizations=False)[0]
 
 
 @pytest.mark.parametrize(
