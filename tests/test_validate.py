@@ -226,16 +226,18 @@ def test_a_different_output_dtype_fails(build_model):
     assert _output(report, "y").reason == "dtype float64 differs from the reference's float32"
 
 
-def test_a_different_output_shape_fails(build_model):
-    def model(target):
-        return build_model(
-            [helper.make_node("Reshape", ["x", "target"], ["y"])],
-            [vi("x", TensorProto.FLOAT, [2, 3])],
-            [vi("y", TensorProto.FLOAT, target)],
-            {"target": np.array(target, np.int64)},
-        )
+def _reshape(build_model, target: list[int]):
+    """x [2, 3] reshaped to ``target``."""
+    return build_model(
+        [helper.make_node("Reshape", ["x", "target"], ["y"])],
+        [vi("x", TensorProto.FLOAT, [2, 3])],
+        [vi("y", TensorProto.FLOAT, target)],
+        {"target": np.array(target, np.int64)},
+    )
 
-    report = validate(model([3, 2]), model([6]), progress=False)
+
+def test_a_different_output_shape_fails(build_model):
+    report = validate(_reshape(build_model, [3, 2]), _reshape(build_model, [6]), progress=False)
     assert _output(report, "y").reason == "shape (6,) differs from the reference's (3, 2)"
 
 
@@ -250,16 +252,8 @@ def test_models_with_different_inputs_are_an_input_data_error(scorer, build_mode
 
 
 def test_a_candidate_that_fails_to_run_is_named(build_model):
-    def model(target):
-        return build_model(
-            [helper.make_node("Reshape", ["x", "target"], ["y"])],
-            [vi("x", TensorProto.FLOAT, [2, 3])],
-            [vi("y", TensorProto.FLOAT, target)],
-            {"target": np.array(target, np.int64)},
-        )
-
     with pytest.raises(InvalidModelError, match="^candidate model: onnxruntime failed to run"):
-        validate(model([6]), model([4]), progress=False)
+        validate(_reshape(build_model, [6]), _reshape(build_model, [4]), progress=False)
 
 
 def test_models_can_be_given_as_paths_bytes_protos_or_models(classifier_model, save_model):
