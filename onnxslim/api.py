@@ -20,7 +20,7 @@ import onnx
 
 from onnxslim.checking import check_model
 from onnxslim.errors import ModelSaveError
-from onnxslim.model import Model, all_constants, load, save
+from onnxslim.model import Model, all_constants, constant_nbytes, file_bytes, load, save
 from onnxslim.model import refuse_overwriting_sources as _refuse_overwriting_sources
 from onnxslim.pipeline import PassContext, PassManager, PassRecord, Step
 from onnxslim.registry import (
@@ -48,12 +48,11 @@ class ModelSummary:
     @classmethod
     def of(cls, model: Model, files: Sequence[Path] = ()) -> ModelSummary:
         constants = list(all_constants(model.graph))
-        existing = [Path(f) for f in files if Path(f).exists()]
         return cls(
             nodes=model.node_count(),
             initializers=len(constants),
-            initializer_bytes=model.initializer_bytes(),
-            file_bytes=sum(f.stat().st_size for f in existing) if existing else None,
+            initializer_bytes=sum(constant_nbytes(t) for t in constants),
+            file_bytes=file_bytes(files),
         )
 
 
@@ -168,8 +167,7 @@ def optimize(
     if output_path is not None:
         _refuse_overwriting_sources(loaded, [output_path, _data_path(output_path)])
     load_seconds = time.perf_counter() - start
-    source_files = [loaded.source] if loaded.source else []
-    before = ModelSummary.of(loaded, source_files + sorted(loaded.external_files()))
+    before = ModelSummary.of(loaded, loaded.source_files())
 
     with tempfile.TemporaryDirectory(prefix="onnxslim-") as scratch:
         reference = _reference_path(model, loaded, options, Path(scratch))
@@ -230,7 +228,7 @@ def _write(
     if options is None:
         save(model, output, external_data=external_data)
         report.written = True
-        report.after = ModelSummary.of(model, [output, _data_path(output)])
+        report.after.file_bytes = file_bytes([output, _data_path(output)])
         return
     if not output.parent.is_dir():
         raise ModelSaveError(f"{output.parent}: output folder does not exist")
@@ -238,7 +236,7 @@ def _write(
         staged = save(model, Path(staging) / output.name, external_data=external_data)
         report.validation = _validate(reference, staged, options)
         staged_data = _data_path(staged)
-        report.after = ModelSummary.of(model, [staged, staged_data])
+        report.after.file_bytes = file_bytes([staged, staged_data])
         if not report.validation.passed:
             report.notes.append(f"{output} was not written: the outputs do not match")
             return

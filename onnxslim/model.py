@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,7 @@ __all__ = [
     "constant_nbytes",
     "iter_graphs",
     "all_constants",
+    "file_bytes",
     "gs_dtype",
     "PROTOBUF_LIMIT",
 ]
@@ -134,6 +135,10 @@ class Model:
         """Write the model atomically (see :func:`save`)."""
         return save(self, path, **options)
 
+    def source_files(self) -> list[Path]:
+        """The model file it was loaded from and the external data files it still reads."""
+        return ([self.source] if self.source else []) + sorted(self.external_files())
+
     def external_files(self) -> set[Path]:
         """External data files that constants of this model still read from."""
         files = set()
@@ -159,6 +164,12 @@ def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
             elif isinstance(value, list) and value and isinstance(value[0], gs.Graph):
                 for subgraph in value:
                     yield from iter_graphs(subgraph)
+
+
+def file_bytes(files: Iterable[str | os.PathLike]) -> int | None:
+    """Total size on disk of those of ``files`` that exist; None if none does."""
+    sizes = [Path(f).stat().st_size for f in files if Path(f).exists()]
+    return sum(sizes) if sizes else None
 
 
 def all_constants(graph: gs.Graph) -> Iterator[gs.Constant]:
@@ -848,7 +859,7 @@ def refuse_overwriting_sources(model: Model, targets: list[Path]) -> None:
     Inputs are never modified: not the model file, and not the external data that constants
     of the model still read lazily.
     """
-    protected = model.external_files() | ({model.source} if model.source else set())
+    protected = set(model.source_files())
     for target in targets:
         if Path(target).resolve() in protected:
             raise ModelSaveError(

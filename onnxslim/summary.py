@@ -11,7 +11,15 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxslim.model import Model, all_constants, iter_graphs, load, stub_proto
+from onnxslim.model import (
+    Model,
+    all_constants,
+    constant_nbytes,
+    file_bytes,
+    iter_graphs,
+    load,
+    stub_proto,
+)
 
 __all__ = ["ModelDescription", "TensorDescription", "describe", "estimate_flops"]
 
@@ -54,7 +62,6 @@ def describe(source: str | Path | Model) -> ModelDescription:
         for node in graph.nodes:
             histogram[f"{node.domain}::{node.op}" if node.domain else node.op] += 1
     constants = list(all_constants(model.graph))
-    files = ([model.source] if model.source else []) + sorted(model.external_files())
     flops_by_op, symbolic = estimate_flops(proto)
     runtime_inputs = {t.name for t in model.graph.inputs if not isinstance(t, gs.Constant)}
     return ModelDescription(
@@ -69,8 +76,8 @@ def describe(source: str | Path | Model) -> ModelDescription:
         nodes=model.node_count(),
         op_histogram=dict(histogram.most_common()),
         parameters=sum(math.prod(t.shape) for t in constants),
-        parameter_bytes=model.initializer_bytes(),
-        file_bytes=sum(f.stat().st_size for f in files) if files else None,
+        parameter_bytes=sum(constant_nbytes(t) for t in constants),
+        file_bytes=file_bytes(model.source_files()),
         flops=sum(flops_by_op.values()),
         flops_by_op=flops_by_op,
         notes=["symbolic dimensions counted as 1 in FLOPs"] if symbolic else [],
