@@ -112,9 +112,6 @@ class Pass:
             specs.append(OptionSpec(f.name, _type_name(annotation), default, annotation))
         return specs
 
-    def option_values(self) -> dict[str, Any]:
-        return {spec.name: getattr(self, spec.name) for spec in self.options()}
-
     def label(self) -> str:
         """The pass as a spec item, with the options that differ from their defaults."""
         changed = [
@@ -165,9 +162,6 @@ class PassRecord:
     initializer_bytes_after: int
     round: int | None = None
     notes: list[str] = field(default_factory=list)
-
-
-Verifier = Callable[[Model, Model | None, Pass], None]
 
 
 class PassManager:
