@@ -655,14 +655,9 @@ def _data_less(tensor: gs.Constant) -> onnx.TensorProto:
 
 def _tensor_proto(tensor: gs.Constant, base_dir: Path | None) -> onnx.TensorProto:
     """A self-contained TensorProto for a constant (external data read in)."""
-    values = tensor._values
-    if isinstance(values, LazyValues):
-        proto = values.tensor
-        proto.name = tensor.name
-        if external_data_helper.uses_external_data(proto):
-            return _inlined(proto, _source_dir(tensor, base_dir))
-        return proto
-    proto = numpy_helper.from_array(np.asarray(values), tensor.name)
+    proto = _source_proto(tensor)
+    if external_data_helper.uses_external_data(proto):
+        return _inlined(proto, _source_dir(tensor, base_dir))
     return proto
 
 
@@ -1012,6 +1007,7 @@ def _inline_size(constant: gs.Constant, base_dir: Path | None) -> int:
 
 
 def _source_proto(constant: gs.Constant) -> onnx.TensorProto:
+    """The constant's TensorProto as loaded (external data still a reference), or built."""
     values = constant._values
     if isinstance(values, LazyValues):
         values.tensor.name = constant.name
