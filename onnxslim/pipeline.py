@@ -29,8 +29,10 @@ from typing import Any, ClassVar
 
 import onnx_graphsurgeon as gs
 
+from onnxslim.checking import check_model
 from onnxslim.errors import OnnxSlimError, PassError, VerificationError
-from onnxslim.model import Model
+from onnxslim.model import Model, save
+from onnxslim.validate import validate
 
 __all__ = [
     "Pass",
@@ -257,23 +259,16 @@ class PassManager:
         """The model before a lossless pass, on disk, to compare outputs against afterwards."""
         if not step.lossless:
             return None
-        from onnxslim.model import save
-
         path = self._scratch / f"before-{len(self.records)}.onnx"
         return save(model, path)
 
     def _verify(self, model: Model, before: Path | None, step: Pass) -> None:
-        from onnxslim.checking import check_model
-        from onnxslim.model import save
-
         try:
             check_model(model)
         except OnnxSlimError as exc:
             raise VerificationError(f"pass '{step.name}' produced an invalid model: {exc}") from exc
         if before is None:
             return
-        from onnxslim.validate import validate
-
         after = save(model, self._scratch / f"after-{len(self.records)}.onnx")
         report = validate(before, after, samples=1, atol=1e-5, rtol=1e-4, progress=False)
         if not report.passed:
