@@ -42,10 +42,24 @@ __all__ = [
     "Step",
     "PassManager",
     "OptionSpec",
+    "PassTable",
     "DEFAULT_MAX_ITERATIONS",
 ]
 
 DEFAULT_MAX_ITERATIONS = 10
+
+
+@dataclass
+class PassTable:
+    """A table a pass reports (per-layer SQNR, pruned channel groups, ...).
+
+    Cells are plain values (str, int, float, None) so that the table renders with rich and
+    serializes to JSON unchanged.
+    """
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -62,9 +76,14 @@ class PassContext:
     reference: Model | None = None
     calibration: Any = None
     notes: list[str] = field(default_factory=list)
+    tables: list[PassTable] = field(default_factory=list)
 
     def log(self, message: str) -> None:
         self.notes.append(message)
+
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Attach a table to this pass's record; the optimize report shows it."""
+        self.tables.append(PassTable(title, list(columns), [list(row) for row in rows]))
 
 
 @dataclass(frozen=True)
@@ -164,6 +183,7 @@ class PassRecord:
     initializer_bytes_after: int
     round: int | None = None
     notes: list[str] = field(default_factory=list)
+    tables: list[PassTable] = field(default_factory=list)
 
 
 class PassManager:
@@ -221,6 +241,7 @@ class PassManager:
         nodes_before, bytes_before = self._stats or (model.node_count(), model.initializer_bytes())
         before = self._snapshot(model, step) if self.verify_each else None
         ctx.notes = []
+        ctx.tables = []
         start = time.perf_counter()
         try:
             changed = bool(step.run(graph, ctx))
@@ -247,6 +268,7 @@ class PassManager:
             initializer_bytes_after=self._stats[1],
             round=round_number,
             notes=list(ctx.notes),
+            tables=list(ctx.tables),
         )
         self.records.append(record)
         if self.on_record:

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from onnxslim.api import OptimizeReport
-from onnxslim.pipeline import Pass
+from onnxslim.pipeline import Pass, PassTable
 from onnxslim.summary import ModelDescription
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "render_validation",
     "render_description",
     "render_passes",
+    "render_pass_table",
     "to_json",
     "passes_to_dict",
     "human_bytes",
@@ -125,12 +126,37 @@ def render_optimize(report: OptimizeReport, console: Console) -> None:
             "",
         )
     console.print(passes)
+    for record in report.passes:
+        for table in record.tables:
+            render_pass_table(table, console)
     if report.validation is not None:
         render_validation(report.validation, console)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     if report.output and report.written:
         console.print(f"wrote [bold]{escape(report.output)}[/]")
+
+
+def render_pass_table(table: PassTable, console: Console) -> None:
+    """A pass's own table; numbers right-aligned, floats to four significant digits."""
+    rendered = Table(title=escape(table.title), title_justify="left")
+    numeric = [
+        all(isinstance(row[i], int | float) or row[i] is None for row in table.rows)
+        for i in range(len(table.columns))
+    ]
+    for column, is_numeric in zip(table.columns, numeric, strict=True):
+        rendered.add_column(escape(column), justify="right" if is_numeric else "left")
+    for row in table.rows:
+        rendered.add_row(*(_cell(value) for value in row))
+    console.print(rendered)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "[dim]-[/]"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return escape(str(value))
 
 
 def _metric(value: float | None, fmt: str) -> str:
