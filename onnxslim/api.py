@@ -22,7 +22,7 @@ from onnxslim.checking import check_model
 from onnxslim.errors import ModelSaveError
 from onnxslim.model import Model, all_constants, constant_nbytes, file_bytes, load, save
 from onnxslim.model import refuse_overwriting_sources as _refuse_overwriting_sources
-from onnxslim.pipeline import PassContext, PassManager, PassRecord, Step
+from onnxslim.pipeline import PassContext, PassManager, PassRecord, Step, flatten_steps
 from onnxslim.registry import (
     DEFAULT_PIPELINE,
     load_plugin,
@@ -86,6 +86,7 @@ class OptimizeReport:
     written: bool = False
     validation: Any = None
     notes: list[str] = field(default_factory=list)
+    stages: list[Any] = field(default_factory=list)
 
     @property
     def total_seconds(self) -> float:
@@ -170,10 +171,14 @@ def optimize(
     before = ModelSummary.of(loaded, loaded.source_files())
 
     with tempfile.TemporaryDirectory(prefix="onnxslim-") as scratch:
-        reference = _reference_path(model, loaded, options, Path(scratch))
+        original = _OriginalFile(model, Path(scratch))
+        if options is not None or any(step.needs_original for step in flatten_steps(steps)):
+            original.path()  # before the passes change a Model given in memory
+        reference = original.path() if options is not None else None
         start = time.perf_counter()
         manager = PassManager(steps, verify_each=verify_each, on_record=on_record)
-        records = manager.run(loaded, PassContext(model=loaded, target_opset=target_opset))
+        ctx = PassContext(model=loaded, target_opset=target_opset, original=original.path)
+        records = manager.run(loaded, ctx)
         optimize_seconds = time.perf_counter() - start
 
         report = OptimizeReport(
@@ -184,6 +189,7 @@ def optimize(
             load_seconds=load_seconds,
             optimize_seconds=optimize_seconds,
             output=str(output_path) if output_path else None,
+            stages=list(ctx.stages),
         )
         start = time.perf_counter()
         if output_path is not None:
@@ -199,15 +205,21 @@ def _data_path(output: Path) -> Path:
     return output.parent / f"{output.name}.data"
 
 
-def _reference_path(
-    original: ModelSource, loaded: Model, options: ValidationOptions | None, scratch: Path
-) -> Path | None:
-    """A file holding the untouched original, for onnxruntime to compare against."""
-    if options is None:
-        return None
-    if isinstance(original, str | os.PathLike):
-        return Path(original)
-    return save(load(original), scratch / "reference.onnx")
+class _OriginalFile:
+    """The untouched input model as a file: its own path, or a copy written on first use."""
+
+    def __init__(self, source: ModelSource, scratch: Path) -> None:
+        self._source = source
+        self._scratch = scratch
+        self._path: Path | None = None
+
+    def path(self) -> Path:
+        if self._path is None:
+            if isinstance(self._source, str | os.PathLike):
+                self._path = Path(self._source)
+            else:
+                self._path = save(load(self._source), self._scratch / "original.onnx")
+        return self._path
 
 
 def _validate(reference: Path, candidate: Path, options: ValidationOptions):

@@ -22,7 +22,7 @@ import inspect
 import tempfile
 import time
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +40,7 @@ __all__ = [
     "PassRecord",
     "FixedPoint",
     "Step",
+    "flatten_steps",
     "PassManager",
     "OptionSpec",
     "PassTable",
@@ -68,15 +69,27 @@ class PassContext:
 
     ``providers`` are execution providers for passes that evaluate the graph, ``log`` takes
     one-line notes that end up in the report (e.g. why a pass left something untouched).
+    ``original`` gives the path of a file holding the untouched input model, for passes that
+    compare with it or learn from it (``needs_original = True``); ``stages`` collects what
+    ``measure`` steps found along the pipeline.
     """
 
     model: Model
     providers: Sequence[str] = ("cpu",)
     target_opset: int | None = None
-    reference: Model | None = None
-    calibration: Any = None
+    original: Callable[[], Path] | None = None
     notes: list[str] = field(default_factory=list)
     tables: list[PassTable] = field(default_factory=list)
+    stages: list[Any] = field(default_factory=list)
+
+    def original_path(self) -> Path:
+        """The untouched input model on disk (written on first use when it had no file)."""
+        if self.original is None:
+            raise PassError(
+                "this pass needs the original model, which onnxslim.optimize provides; "
+                "give it as an option instead"
+            )
+        return self.original()
 
     def log(self, message: str) -> None:
         self.notes.append(message)
@@ -102,11 +115,13 @@ class Pass:
     Subclasses are dataclasses whose fields are their options. ``run`` rewrites ``graph`` in
     place and returns True when it changed anything. Set ``lossless = False`` for passes that
     change numerics on purpose (quantization, pruning); ``verify_each`` then checks only
-    validity for them, not equality of outputs.
+    validity for them, not equality of outputs. Set ``needs_original = True`` for passes that
+    read the untouched input model through ``ctx.original_path()``.
     """
 
     name: ClassVar[str] = ""
     lossless: ClassVar[bool] = True
+    needs_original: ClassVar[bool] = False
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         raise NotImplementedError(f"{type(self).__name__} must implement run(graph, ctx)")
@@ -168,6 +183,15 @@ class FixedPoint:
 
 
 Step = Pass | FixedPoint
+
+
+def flatten_steps(steps: Sequence[Step]) -> Iterator[Pass]:
+    """Every pass in ``steps``, fixed-point groups opened up, in order."""
+    for step in steps:
+        if isinstance(step, FixedPoint):
+            yield from flatten_steps(step.steps)
+        else:
+            yield step
 
 
 @dataclass

@@ -17,6 +17,9 @@ A recipe is a TOML file with the same information, typed by TOML itself::
     [[steps]]
     pass = "fold-constants"
     max_growth_bytes = 0
+
+Relative paths in a step's options (calibration data, a teacher model) are read from the
+recipe's folder, so a recipe and its data travel together.
 """
 
 from __future__ import annotations
@@ -114,8 +117,18 @@ def get_pass(name: str) -> type[Pass]:
     raise PipelineSpecError(f"unknown pass '{name}'{hint}; available: {', '.join(passes)}")
 
 
-def create_pass(name: str, options: dict[str, Any] | None = None, *, from_text: bool = False):
-    """An instance of pass ``name`` with ``options`` checked against its fields' types."""
+def create_pass(
+    name: str,
+    options: dict[str, Any] | None = None,
+    *,
+    from_text: bool = False,
+    base_dir: Path | None = None,
+):
+    """An instance of pass ``name`` with ``options`` checked against its fields' types.
+
+    Options typed ``Path`` that are relative resolve against ``base_dir`` when given: a
+    recipe's data files are found beside the recipe, wherever it is run from.
+    """
     cls = get_pass(name)
     specs = {spec.name: spec for spec in cls.options()}
     values = {}
@@ -124,7 +137,10 @@ def create_pass(name: str, options: dict[str, Any] | None = None, *, from_text: 
             valid = ", ".join(f"{s.name}: {s.type_name}" for s in specs.values()) or "none"
             raise PipelineSpecError(f"pass '{name}' has no option '{key}'; its options: {valid}")
         spec = specs[key]
-        values[key] = _coerce(raw, spec.annotation, from_text, f"{name}({key}=...)")
+        value = _coerce(raw, spec.annotation, from_text, f"{name}({key}=...)")
+        if isinstance(value, Path) and base_dir is not None and not value.is_absolute():
+            value = base_dir / value
+        values[key] = value
     return cls(**values)
 
 
@@ -172,6 +188,10 @@ def _coerce(raw: Any, annotation: Any, from_text: bool, where: str) -> Any:
         if isinstance(raw, str):
             return raw
         raise PipelineSpecError(f"{where}: expected a string, got {raw!r}")
+    if annotation is Path:
+        if isinstance(raw, str | Path) and str(raw):
+            return Path(raw).expanduser()
+        raise PipelineSpecError(f"{where}: expected a path, got {raw!r}")
     return raw
 
 
@@ -319,10 +339,12 @@ def load_recipe(path: str | Path) -> list[Step]:
     entries = document.get("steps")
     if not isinstance(entries, list) or not entries:
         raise PipelineSpecError(f"{path}: a recipe needs a non-empty [[steps]] list")
-    return [_recipe_step(entry, f"{path}: step {i + 1}") for i, entry in enumerate(entries)]
+    return [
+        _recipe_step(entry, f"{path}: step {i + 1}", path.parent) for i, entry in enumerate(entries)
+    ]
 
 
-def _recipe_step(entry: Any, where: str) -> Step:
+def _recipe_step(entry: Any, where: str, base_dir: Path) -> Step:
     if isinstance(entry, str):
         return parse_pipeline(entry)[0]
     if not isinstance(entry, dict):
@@ -335,11 +357,11 @@ def _recipe_step(entry: Any, where: str) -> Step:
             raise PipelineSpecError(f"{where}: unexpected keys {sorted(entry)} beside 'repeat'")
         if not isinstance(inner, list) or not inner:
             raise PipelineSpecError(f"{where}: 'repeat' needs a non-empty list of steps")
-        return FixedPoint([_recipe_step(item, where) for item in inner], int(limit))
+        return FixedPoint([_recipe_step(item, where, base_dir) for item in inner], int(limit))
     if "pass" not in entry:
         raise PipelineSpecError(f"{where}: each step needs 'pass = \"name\"' or 'repeat = [...]'")
     name = entry.pop("pass")
-    return create_pass(name, entry)
+    return create_pass(name, entry, base_dir=base_dir)
 
 
 # ------------------------------------------------------------------------------------ plugins

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from onnxslim.api import OptimizeReport
 from onnxslim.pipeline import Pass, PassTable
+from onnxslim.stages import StageMeasurement
 from onnxslim.summary import ModelDescription
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "render_description",
     "render_passes",
     "render_pass_table",
+    "render_stages",
     "to_json",
     "passes_to_dict",
     "human_bytes",
@@ -129,12 +131,43 @@ def render_optimize(report: OptimizeReport, console: Console) -> None:
     for record in report.passes:
         for table in record.tables:
             render_pass_table(table, console)
+    if report.stages:
+        render_stages(report.stages, console)
     if report.validation is not None:
         render_validation(report.validation, console)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     if report.output and report.written:
         console.print(f"wrote [bold]{escape(report.output)}[/]")
+
+
+def render_stages(stages: list[StageMeasurement], console: Console) -> None:
+    """The recipe's checkpoints, one row each; size, FLOPs and latency also as a ratio of the
+    first row's."""
+    batches = {stage.latency_batch for stage in stages}
+    latency = f"latency, batch {batches.pop()}" if len(batches) == 1 else "latency"
+    table = Table(title="stages", title_justify="left")
+    for column in ("stage", "file", "params", "FLOPs", latency, "quality"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    first = stages[0]
+    for stage in stages:
+        if stage.accuracy is not None:
+            quality = f"top-1 {stage.accuracy * 100:.2f}%"
+        else:
+            quality = "-" if stage.cosine is None else f"cosine {stage.cosine:.5f}"
+        table.add_row(
+            escape(stage.label),
+            human_bytes(stage.file_bytes) + _ratio(stage.file_bytes, first.file_bytes),
+            _human_count(stage.parameters),
+            _human_count(stage.flops) + _ratio(stage.flops, first.flops),
+            f"{stage.latency_ms:.3g} ms" + _ratio(stage.latency_ms, first.latency_ms),
+            quality,
+        )
+    console.print(table)
+
+
+def _ratio(value: float, base: float) -> str:
+    return f" [dim]×{value / base:.2f}[/]" if base else ""
 
 
 def render_pass_table(table: PassTable, console: Console) -> None:

@@ -151,3 +151,33 @@ def test_pass_description_and_options_come_from_the_class():
         ("runs", "int", 0),
     ]
     assert CountingPass(changes=3).label() == "counting(changes=3)"
+
+
+@dataclass
+class Tabulating(Pass):
+    """Reports a table and changes nothing."""
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
+        ctx.table("per layer", ["layer", "sqnr"], [["conv", 31.5], ["gemm", None]])
+        return False
+
+
+Tabulating.name = "tabulating"
+
+
+def test_a_pass_table_lands_in_its_record_and_renders():
+    from rich.console import Console
+
+    from onnxslim.report import render_pass_table
+
+    (record,) = PassManager([Tabulating()]).run(_relu_chain())
+    (table,) = record.tables
+    assert (table.title, table.columns, table.rows) == (
+        "per layer",
+        ["layer", "sqnr"],
+        [["conv", 31.5], ["gemm", None]],
+    )
+    console = Console(record=True, width=60)
+    render_pass_table(table, console)
+    text = console.export_text()
+    assert "per layer" in text and "31.5" in text and "conv" in text
