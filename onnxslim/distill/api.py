@@ -1,0 +1,430 @@
+"""``distill``: fine-tune a student ONNX model on a teacher's outputs with onnxruntime-training.
+
+>>> from onnxslim.distill import distill
+>>> report = distill("model.onnx", "pruned.onnx", "train.npz", output="tuned.onnx",
+...                  loss="kl", epochs=10)  # doctest: +SKIP
+>>> report.metric_after >= report.metric_before  # doctest: +SKIP
+True
+
+Everything that can be refused is checked before the training runtime is touched: options,
+a quantized student, outputs that do not pair up, data that does not fit.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxslim.distill.artifacts import (
+    OPTIMIZERS,
+    OptimizerKind,
+    build_artifacts,
+    require_training,
+    trainable_parameters,
+)
+from onnxslim.distill.data import TrainingData, load_training_data
+from onnxslim.distill.errors import (
+    DistillDataError,
+    DistillOptionError,
+    OutputMismatchError,
+    QuantizedStudentError,
+)
+from onnxslim.distill.losses import CROSS_ENTROPY_OPSET, LOSS_KINDS, LossKind, build_loss
+from onnxslim.distill.metrics import mean_cosine, metric_name, top1
+from onnxslim.distill.teacher import TeacherTargets
+from onnxslim.distill.trainer import EpochRecord, Schedule, TrainOptions, train
+from onnxslim.distill.versions import default_opset, for_training_runtime
+from onnxslim.distill.writeback import write_back
+from onnxslim.inputs import input_specs
+from onnxslim.model import Model, iter_graphs, load, refuse_overwriting_sources, save
+from onnxslim.pipeline import PassTable
+from onnxslim.runtime import create_session
+
+__all__ = ["DistillOptions", "DistillReport", "distill", "distill_model"]
+
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto | Model
+DataSource = str | os.PathLike | Mapping[str, np.ndarray]
+
+# Ops that hold or produce quantized values: their integer weights cannot be trained.
+_QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "ConvInteger",
+        "MatMulNBits",
+        "DynamicQuantizeMatMul",
+    }
+)
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """What to match and how to train.
+
+    ``outputs`` names student outputs to match (``name`` or ``student=teacher`` when the names
+    differ; default: every float output). ``alpha`` weighs the hard-label cross-entropy that
+    ``kl`` adds when the data has ``labels``; ``ce`` trains on the labels alone (the baseline).
+    ``freeze`` holds shell-style patterns of initializer names to keep. ``val_split`` of the
+    samples score each epoch (top-1 for ``kl`` and ``ce``, cosine otherwise); ``patience``
+    epochs without improvement stop training (0: never). ``threads`` per training step (0:
+    onnxruntime's default).
+    """
+
+    loss: LossKind = "kl"
+    outputs: Sequence[str] = ()
+    temperature: float = 4.0
+    alpha: float = 0.5
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: OptimizerKind = "adamw"
+    weight_decay: float = 0.0
+    schedule: Schedule = "cosine"
+    freeze: Sequence[str] = ()
+    val_split: float = 0.1
+    patience: int = 3
+    seed: int = 0
+    threads: int = 0
+    progress: bool = True
+
+    def check(self) -> None:
+        """DistillOptionError for a value out of range."""
+        checks = [
+            (self.loss in LOSS_KINDS, f"loss must be one of {', '.join(LOSS_KINDS)}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in ("cosine", "constant"), "schedule must be cosine or constant"),
+            (self.temperature > 0, "temperature must be positive"),
+            (self.alpha >= 0, "alpha must be zero or positive"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.lr > 0, "lr must be positive"),
+            (self.weight_decay >= 0, "weight_decay must be zero or positive"),
+            (0 <= self.val_split < 1, "val_split must be in [0, 1)"),
+            (self.patience >= 0, "patience must be zero or positive"),
+            (self.threads >= 0, "threads must be zero (onnxruntime's choice) or positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DistillOptionError(f"distill: {message}")
+
+
+@dataclass
+class DistillReport:
+    """What ``distill`` did: the pairing, the data, each epoch, and the score before/after."""
+
+    loss: str
+    outputs: list[list[str]]
+    metric: str
+    parameters: list[str]
+    parameter_count: int
+    train_samples: int
+    val_samples: int
+    teacher_cached: bool
+    epochs: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    metric_before: float | None = None
+    stopped_early: bool = False
+    artifacts_seconds: float = 0.0
+    train_seconds: float = 0.0
+    output: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def metric_after(self) -> float | None:
+        """The validation score of the weights kept (those of the best epoch)."""
+        if self.best_epoch == 0:
+            return self.metric_before
+        return self.epochs[self.best_epoch - 1].val_metric
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return sum(e.seconds for e in self.epochs) / len(self.epochs) if self.epochs else 0.0
+
+    def epoch_table(self) -> PassTable:
+        """One row per epoch, as the optimize report and ``onnxslim distill`` show it."""
+        return PassTable(
+            f"distill ({self.loss}; {self.metric} on {self.val_samples} held-out samples)",
+            ["epoch", "train loss", "val loss", self.metric, "lr", "seconds"],
+            [
+                [e.epoch, e.train_loss, e.val_loss, e.val_metric, e.lr, e.seconds]
+                for e in self.epochs
+            ],
+        )
+
+    def summary(self) -> str:
+        """One line: what was trained, for how long, and the score before and after."""
+
+        def percent(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.2%}"
+
+        return (
+            f"trained {len(self.parameters)} weights ({self.parameter_count:,} values) for "
+            f"{len(self.epochs)} epochs, kept epoch {self.best_epoch}; {self.metric} "
+            f"{percent(self.metric_before)} -> {percent(self.metric_after)}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["metric_after"] = self.metric_after
+        data["seconds_per_epoch"] = self.seconds_per_epoch
+        return data
+
+
+def _refuse_quantized(student: Model) -> None:
+    for graph in iter_graphs(student.graph):
+        for node in graph.nodes:
+            if node.op in _QUANTIZED_OPS:
+                raise QuantizedStudentError(
+                    f"the student is quantized ({node.op} node '{node.name}'): distill before "
+                    "quantizing, then quantize the distilled model"
+                )
+
+
+def _teacher_proto(teacher: ModelSource) -> onnx.ModelProto:
+    if isinstance(teacher, Model):
+        return teacher.to_proto()
+    if isinstance(teacher, onnx.ModelProto):
+        return teacher
+    return load(teacher).to_proto()
+
+
+def _float_outputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    return [o for o in proto.graph.output if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | None]:
+    return [
+        d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim
+    ]
+
+
+def _shape_text(value: onnx.ValueInfoProto) -> str:
+    dims = value.type.tensor_type.shape.dim
+    return "[" + ", ".join(str(d.dim_value or d.dim_param or "?") for d in dims) + "]"
+
+
+def _pair_outputs(
+    student: onnx.ModelProto, teacher: onnx.ModelProto, requested: Sequence[str]
+) -> list[tuple[onnx.ValueInfoProto, str]]:
+    """(student output, teacher output name) for each output to match."""
+    student_outputs = {o.name: o for o in student.graph.output}
+    teacher_outputs = {o.name: o for o in teacher.graph.output}
+    if requested:
+        pairs = [tuple(item.split("=", 1)) if "=" in item else (item, item) for item in requested]
+    else:
+        floats = _float_outputs(student)
+        if not floats:
+            raise OutputMismatchError("the student has no float32 outputs to distill")
+        teacher_floats = _float_outputs(teacher)
+        if len(floats) == len(teacher_floats) == 1:
+            pairs = [(floats[0].name, teacher_floats[0].name)]
+        else:
+            pairs = [(o.name, o.name) for o in floats]
+    matched = []
+    for student_name, teacher_name in pairs:
+        if student_name not in student_outputs:
+            raise OutputMismatchError(
+                f"'{student_name}' is not an output of the student "
+                f"(its outputs: {', '.join(student_outputs)})"
+            )
+        if teacher_name not in teacher_outputs:
+            raise OutputMismatchError(
+                f"the teacher has no output '{teacher_name}' to match the student's "
+                f"(its outputs: {', '.join(teacher_outputs)}); pair them with "
+                f"outputs=['{student_name}=<teacher output>']"
+            )
+        ours, theirs = student_outputs[student_name], teacher_outputs[teacher_name]
+        for value, role in ((ours, "student"), (theirs, "teacher")):
+            if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+                raise OutputMismatchError(
+                    f"the {role}'s output '{value.name}' is not float32; only float32 outputs "
+                    "can be distilled"
+                )
+        a, b = _dims(ours), _dims(theirs)
+        if len(a) != len(b) or any(x and y and x != y for x, y in zip(a, b, strict=True)):
+            raise OutputMismatchError(
+                f"the student's output '{student_name}' has shape {_shape_text(ours)} but the "
+                f"teacher's '{teacher_name}' has shape {_shape_text(theirs)}"
+            )
+        matched.append((ours, teacher_name))
+    return matched
+
+
+def _check_labels(data: TrainingData, first: onnx.ValueInfoProto) -> None:
+    expected = _dims(first)[1:-1]
+    shape = list(data.labels.shape[1:])
+    if len(shape) != len(expected) or any(
+        e and e != s for e, s in zip(expected, shape, strict=True)
+    ):
+        raise DistillDataError(
+            f"'labels' has shape {list(data.labels.shape)}; the student's output "
+            f"'{first.name}' {_shape_text(first)} needs one label per sample and position, "
+            f"[N{''.join(f', {d}' for d in expected)}]"
+        )
+
+
+def _label_use(options: DistillOptions, data: TrainingData, opset: int) -> tuple[bool, list[str]]:
+    """Whether the loss takes the data's labels, and notes on labels left unused."""
+    if options.loss == "ce" and data.labels is None:
+        raise DistillDataError("loss=ce trains on hard labels: the data needs a 'labels' array")
+    if data.labels is None:
+        return False, []
+    if options.loss in ("mse", "cosine") or (options.loss == "kl" and options.alpha == 0):
+        return False, ["labels ignored: they only join the kl loss with alpha > 0"]
+    if opset < CROSS_ENTROPY_OPSET:
+        message = f"cross-entropy with labels needs opset ≥ {CROSS_ENTROPY_OPSET}"
+        if options.loss == "ce":
+            raise DistillOptionError(f"loss=ce: {message}; the student has {opset}")
+        return False, [f"labels ignored: {message}"]
+    return True, []
+
+
+def _split(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(count)
+    held_out = min(max(round(count * fraction), 1 if fraction > 0 else 0), count - 1)
+    return np.sort(order[held_out:]), np.sort(order[:held_out])
+
+
+def distill_model(
+    teacher: ModelSource,
+    student: Model,
+    data: DataSource | TrainingData,
+    options: DistillOptions | None = None,
+) -> DistillReport:
+    """Train ``student`` in place on ``teacher``'s outputs over ``data``; the report.
+
+    ``data`` is a ``.npz`` (keys: the student's input names, optionally ``labels``), a folder
+    of ``<input>.npy``, a dict of arrays, or :class:`TrainingData`; every array holds all
+    samples along axis 0, the inputs' batch axis.
+    """
+    options = options or DistillOptions()
+    options.check()
+    _refuse_quantized(student)
+    student_proto = for_training_runtime(student.to_proto(), "student")
+    teacher_proto = for_training_runtime(_teacher_proto(teacher), "teacher")
+    pairs = _pair_outputs(student_proto, teacher_proto, options.outputs)
+    first = pairs[0][0]
+    classes = _dims(first)[-1] if options.loss in ("kl", "ce") and _dims(first) else None
+    if not isinstance(data, TrainingData):
+        data = load_training_data(data, input_specs(student_proto), classes=classes)
+    opset = default_opset(student_proto)
+    use_labels, notes = _label_use(options, data, opset)
+    if use_labels:
+        _check_labels(data, first)
+    if len(data) < 2 and options.val_split > 0:
+        raise DistillDataError("the data holds one sample: too few to hold some out for validation")
+    train_indices, val_indices = _split(len(data), options.val_split, options.seed)
+    parameters = trainable_parameters(student_proto, options.freeze)
+
+    require_training()
+    session = create_session(teacher_proto.SerializeToString())
+    targets = TeacherTargets(
+        session,
+        data,
+        [name for _, name in pairs],
+        batch_size=options.batch_size,
+        progress=options.progress,
+    )
+    loss = build_loss(
+        [value for value, _ in pairs],
+        options.loss,
+        opset=opset,
+        temperature=options.temperature,
+        alpha=options.alpha,
+        labels=use_labels,
+    )
+    report = DistillReport(
+        loss=options.loss,
+        outputs=[[value.name, name] for value, name in pairs],
+        metric=metric_name(options.loss, use_labels),
+        parameters=parameters,
+        parameter_count=0,
+        train_samples=len(train_indices),
+        val_samples=len(val_indices),
+        teacher_cached=targets.cached,
+        notes=notes,
+    )
+    if not use_labels:
+        data = TrainingData(data.inputs, None)
+    with tempfile.TemporaryDirectory(prefix="onnxslim-distill-") as scratch:
+        start = time.perf_counter()
+        artifacts = build_artifacts(
+            student_proto,
+            loss,
+            parameters,
+            Path(scratch),
+            optimizer=options.optimizer,
+            weight_decay=options.weight_decay,
+            extra_outputs=[value.name for value, _ in pairs],
+        )
+        report.artifacts_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        result = train(
+            artifacts,
+            data,
+            targets,
+            [value.name for value, _ in pairs],
+            train_indices=train_indices,
+            val_indices=val_indices,
+            metric=top1 if options.loss in ("kl", "ce") else mean_cosine,
+            options=TrainOptions(
+                epochs=options.epochs,
+                batch_size=options.batch_size,
+                lr=options.lr,
+                schedule=options.schedule,
+                patience=options.patience,
+                seed=options.seed,
+                threads=options.threads,
+                progress=options.progress,
+            ),
+        )
+        report.train_seconds = time.perf_counter() - start
+    write_back(student, result.parameters)
+    report.parameter_count = int(sum(v.size for v in result.parameters.values()))
+    report.epochs = result.epochs
+    report.best_epoch = result.best_epoch
+    report.metric_before = result.metric_before
+    report.stopped_early = result.stopped_early
+    if result.best_epoch == 0 and val_indices.size:
+        report.notes.append("no epoch beat the student as it was: its weights are unchanged")
+    return report
+
+
+def distill(
+    teacher: ModelSource,
+    student: ModelSource,
+    data: DataSource,
+    output: str | os.PathLike | None = None,
+    **options: Any,
+) -> DistillReport:
+    """Distill ``teacher`` into ``student`` over ``data``; write the result to ``output``.
+
+    ``options`` are the fields of :class:`DistillOptions` (``loss``, ``epochs``, ``lr``, ...).
+    A student file is never modified (the trained copy goes to ``output`` when given); a
+    :class:`Model` is trained in place, as :func:`distill_model` does.
+    """
+    try:
+        settings = DistillOptions(**options)
+    except TypeError as exc:
+        raise DistillOptionError(f"distill: {exc}") from exc
+    model = load(student)
+    output_path = Path(output) if output is not None else None
+    if output_path is not None:
+        refuse_overwriting_sources(model, [output_path])
+    report = distill_model(teacher, model, data, settings)
+    if output_path is not None:
+        save(model, output_path)
+        report.output = str(output_path)
+    return report

@@ -1,0 +1,217 @@
+"""Distillation losses as plain ONNX nodes, appended to the student's graph for training.
+
+onnxruntime-training ships MSE, cross-entropy, BCE and L1 blocks, but nothing that compares two
+distributions, so the losses are written here as ordinary ONNX ops whose gradients
+onnxruntime-training knows (LogSoftmax, Exp, Mul, Sub, Div, Sqrt, ReduceSum, ReduceMean,
+Transpose, SoftmaxCrossEntropyLoss). Being plain ONNX, the same nodes also run in an inference
+session: :func:`loss_model` wraps them into a standalone model, which is how they are tested
+against numpy without the training runtime.
+
+* ``kl``: ``T² · KL(softmax(teacher/T) ‖ softmax(student/T))``, summed over the class (last)
+  axis and averaged over every other position, plus ``alpha`` × cross-entropy of the student's
+  raw logits with hard labels when the data has labels (first matched output only).
+* ``mse``: the mean squared difference.
+* ``cosine``: the mean of ``1 - cos(student, teacher)`` along the last axis.
+* ``ce``: cross-entropy with the hard labels alone, no teacher: plain fine-tuning, the
+  baseline that distillation has to beat.
+
+Several matched outputs add up to one loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = [
+    "LossKind",
+    "LOSS_KINDS",
+    "LossGraph",
+    "build_loss",
+    "loss_model",
+    "target_name",
+    "LABELS_INPUT",
+    "LOSS_OUTPUT",
+    "CROSS_ENTROPY_OPSET",
+]
+
+LossKind = Literal["kl", "mse", "cosine", "ce"]
+LOSS_KINDS: tuple[str, ...] = ("kl", "mse", "cosine", "ce")
+LABELS_INPUT = "distill/labels"
+LOSS_OUTPUT = "distill/loss"
+_PREFIX = "distill/"
+# Keeps the cosine's denominator away from zero for all-zero vectors.
+_COSINE_EPS = 1e-12
+# The opset where ReduceSum takes axes as an input, and the one with SoftmaxCrossEntropyLoss.
+_REDUCE_AXES_AS_INPUT = 13
+CROSS_ENTROPY_OPSET = 12
+
+
+def target_name(output: str) -> str:
+    """The graph input carrying the teacher's values for student output ``output``."""
+    return f"{_PREFIX}teacher/{output}"
+
+
+@dataclass
+class LossGraph:
+    """Nodes, constants and new inputs (teacher targets, labels) computing one scalar loss."""
+
+    opset: int
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    initializers: list[onnx.TensorProto] = field(default_factory=list)
+    inputs: list[onnx.ValueInfoProto] = field(default_factory=list)
+    output: str = LOSS_OUTPUT
+    _count: int = 0
+
+    def append_to(self, graph: onnx.GraphProto) -> None:
+        """Add the loss to ``graph`` (whose outputs the loss reads)."""
+        graph.node.extend(self.nodes)
+        graph.initializer.extend(self.initializers)
+        graph.input.extend(self.inputs)
+
+    # -- building blocks; every name gets the ``distill/`` prefix so none collides
+
+    def fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"{_PREFIX}{hint}_{self._count}"
+
+    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        output = output or self.fresh(op_type.lower())
+        self.nodes.append(
+            helper.make_node(op_type, inputs, [output], name=self.fresh(op_type), **attrs)
+        )
+        return output
+
+    def constant(self, value: float | list[int], dtype=np.float32) -> str:
+        name = self.fresh("const")
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def sum_last_axis(self, tensor: str) -> str:
+        if self.opset >= _REDUCE_AXES_AS_INPUT:
+            axes = self.constant([-1], dtype=np.int64)
+            return self.op("ReduceSum", [tensor, axes], keepdims=0)
+        return self.op("ReduceSum", [tensor], axes=[-1], keepdims=0)
+
+    def mean_all(self, tensor: str) -> str:
+        return self.op("ReduceMean", [tensor], keepdims=0)
+
+    def scaled(self, tensor: str, factor: float) -> str:
+        return tensor if factor == 1.0 else self.op("Mul", [tensor, self.constant(factor)])
+
+
+def _kl(graph: LossGraph, student: str, teacher: str, temperature: float) -> str:
+    inverse = graph.constant(1.0 / temperature)
+    log_student = graph.op("LogSoftmax", [graph.op("Mul", [student, inverse])], axis=-1)
+    log_teacher = graph.op("LogSoftmax", [graph.op("Mul", [teacher, inverse])], axis=-1)
+    gap = graph.op("Sub", [log_teacher, log_student])
+    pointwise = graph.op("Mul", [graph.op("Exp", [log_teacher]), gap])
+    return graph.scaled(graph.mean_all(graph.sum_last_axis(pointwise)), temperature**2)
+
+
+def _mse(graph: LossGraph, student: str, teacher: str) -> str:
+    difference = graph.op("Sub", [student, teacher])
+    return graph.mean_all(graph.op("Mul", [difference, difference]))
+
+
+def _cosine(graph: LossGraph, student: str, teacher: str) -> str:
+    dot = graph.sum_last_axis(graph.op("Mul", [student, teacher]))
+    norms = graph.op(
+        "Mul",
+        [
+            graph.sum_last_axis(graph.op("Mul", [student, student])),
+            graph.sum_last_axis(graph.op("Mul", [teacher, teacher])),
+        ],
+    )
+    denominator = graph.op("Sqrt", [graph.op("Add", [norms, graph.constant(_COSINE_EPS)])])
+    mean_cosine = graph.mean_all(graph.op("Div", [dot, denominator]))
+    return graph.op("Sub", [graph.constant(1.0), mean_cosine])
+
+
+def _cross_entropy(graph: LossGraph, student: str, rank: int) -> str:
+    """Mean cross-entropy of raw logits (classes on the last axis) with integer labels."""
+    logits = student
+    if rank > 2:  # SoftmaxCrossEntropyLoss wants the classes on axis 1
+        logits = graph.op("Transpose", [student], perm=[0, rank - 1, *range(1, rank - 1)])
+    loss = graph.fresh("cross_entropy")
+    # The gradient builder reads the second output (log-probabilities), so it must exist.
+    graph.nodes.append(
+        helper.make_node(
+            "SoftmaxCrossEntropyLoss",
+            [logits, LABELS_INPUT],
+            [loss, graph.fresh("log_prob")],
+            name=graph.fresh("SoftmaxCrossEntropyLoss"),
+            reduction="mean",
+        )
+    )
+    return loss
+
+
+def _value_info(name: str, like: onnx.ValueInfoProto, drop_last: bool = False, elem=None):
+    info = onnx.ValueInfoProto()
+    info.CopyFrom(like)
+    info.name = name
+    if elem is not None:
+        info.type.tensor_type.elem_type = elem
+    if drop_last and info.type.tensor_type.HasField("shape"):
+        del info.type.tensor_type.shape.dim[-1]
+    return info
+
+
+def build_loss(
+    outputs: list[onnx.ValueInfoProto],
+    kind: LossKind,
+    *,
+    opset: int,
+    temperature: float = 4.0,
+    alpha: float = 0.0,
+    labels: bool = False,
+) -> LossGraph:
+    """The loss over the student outputs ``outputs`` (value infos with type and shape).
+
+    Each output ``o`` gets a graph input :func:`target_name` (o) of the same type for the
+    teacher's values (except for ``ce``); with ``labels`` (``kl``) and for ``ce`` an int64
+    input :data:`LABELS_INPUT` shaped like the first output without its class axis.
+    """
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"unknown loss {kind!r}; choose one of {', '.join(LOSS_KINDS)}")
+    graph = LossGraph(opset=opset)
+    terms = []
+    for output in outputs if kind != "ce" else ():
+        teacher = target_name(output.name)
+        graph.inputs.append(_value_info(teacher, output))
+        if kind == "kl":
+            terms.append(_kl(graph, output.name, teacher, temperature))
+        elif kind == "mse":
+            terms.append(_mse(graph, output.name, teacher))
+        else:
+            terms.append(_cosine(graph, output.name, teacher))
+    if kind == "ce" or (labels and kind == "kl" and alpha > 0):
+        first = outputs[0]
+        graph.inputs.append(
+            _value_info(LABELS_INPUT, first, drop_last=True, elem=TensorProto.INT64)
+        )
+        rank = len(first.type.tensor_type.shape.dim)
+        weight = 1.0 if kind == "ce" else alpha
+        terms.append(graph.scaled(_cross_entropy(graph, first.name, rank), weight))
+    total = terms[0]
+    for term in terms[1:]:
+        total = graph.op("Add", [total, term])
+    graph.op("Identity", [total], output=graph.output)
+    return graph
+
+
+def loss_model(outputs: list[onnx.ValueInfoProto], graph: LossGraph) -> onnx.ModelProto:
+    """A standalone model: the student outputs and the loss's inputs in, the loss out."""
+    body = helper.make_graph(
+        [],
+        "distill_loss",
+        [*outputs],
+        [helper.make_tensor_value_info(graph.output, TensorProto.FLOAT, [])],
+    )
+    graph.append_to(body)
+    return helper.make_model(body, opset_imports=[helper.make_opsetid("", graph.opset)])
