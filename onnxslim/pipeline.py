@@ -151,11 +151,16 @@ class Pass:
     def label(self) -> str:
         """The pass as a spec item, with the options that differ from their defaults."""
         changed = [
-            f"{spec.name}={getattr(self, spec.name)!r}"
+            f"{spec.name}={_option_text(getattr(self, spec.name))}"
             for spec in self.options()
             if getattr(self, spec.name) != spec.default
         ]
         return f"{self.name}({', '.join(changed)})" if changed else self.name
+
+
+def _option_text(value: Any) -> str:
+    """An option value as a spec string would write it (paths without PosixPath(...))."""
+    return str(value) if isinstance(value, Path) else repr(value)
 
 
 @functools.cache

@@ -1,0 +1,456 @@
+"""Where quantize puts QuantizeLinear/DequantizeLinear, and the rewrite that puts them there.
+
+Placement follows the patterns onnxruntime's CPU execution provider turns into integer
+kernels, so that the Q/DQ pairs cost nothing and the integer math pays:
+
+* ``DQ(x), DQ(w), DQ(b int32) -> Conv -> Q`` becomes QLinearConv; ``Gemm`` the same becomes
+  QGemm; ``DQ, DQ -> MatMul -> Q`` becomes QLinearMatMul; ``DQ, DQ -> Add -> Q`` QLinearAdd;
+  ``DQ... -> Concat -> Q`` QLinearConcat.
+* A ReLU right after a layer is not given its own Q/DQ: the Q goes after the ReLU, whose
+  clipping the Q's zero point then performs (onnxruntime removes the ReLU).
+* Data-movement ops (Reshape, Transpose, Flatten, Squeeze, Unsqueeze, MaxPool) after a
+  quantized tensor get a Q/DQ with *the same* scale and zero point, which lets onnxruntime run
+  them on the integers (it drops ``DQ -> op -> Q`` pairs whose parameters agree).
+* Gather on a constant table stores the table as integers and, with activations quantized,
+  puts a Q with the table's parameters on its output, so that only the rows read are
+  dequantized.
+* int4 weights of MatMul are block-wise along K (opset-21 DequantizeLinear with
+  ``block_size``), the pattern onnxruntime fuses into MatMulNBits.
+
+A tensor read by several nodes gets one Q/DQ pair that all of them share. Names of the
+model's tensors are kept: the DequantizeLinear writes the original name, so a layer's output
+can be compared with the float model's by name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from onnxslim.model import read_constant
+from onnxslim.rewrite import STANDARD_DOMAINS, fresh_name
+
+from ._quantize_math import (
+    QuantParams,
+    QuantType,
+    bias_params,
+    blockwise_params,
+    dequantize,
+    pack_int4,
+    quantize,
+    sqnr_db,
+    weight_params,
+)
+
+__all__ = [
+    "DEFAULT_OPS",
+    "WEIGHT_OPS",
+    "Layer",
+    "WeightConfig",
+    "find_layers",
+    "mark_activations",
+    "QuantizedWeight",
+    "WeightCache",
+    "insert_qdq",
+    "LayerResult",
+]
+
+# Ops quantize knows how to place Q/DQ around; `ops=` picks among them.
+DEFAULT_OPS = (
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "Gather",
+    "Add",
+    "Concat",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+)
+WEIGHT_OPS = ("Conv", "Gemm", "MatMul", "Gather")
+_MOVEMENT_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool")
+# Ops whose quantized output keeps its input's scale and zero point.
+_SAME_SCALE_OUTPUT = ("MaxPool",)
+_FLOAT32 = np.dtype(np.float32)
+# Ops whose integer kernels in onnxruntime can write float outputs directly.
+_FLOAT_OUTPUT_KERNELS = ("MatMul", "Gemm")
+
+
+@dataclass
+class Layer:
+    """A node to quantize, named by its first output (unique, unlike node names).
+
+    ``weight`` is the input index of its constant weight and ``axis`` that weight's output
+    channel axis (None: per tensor); ``activations`` are the indices of its float inputs.
+    """
+
+    key: str
+    node: gs.Node
+    weight: int | None = None
+    axis: int | None = None
+    block_axis: int | None = None
+    bias: int | None = None
+    activations: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WeightConfig:
+    """How weights are stored: integer type, per channel or not, block size for int4."""
+
+    qtype: QuantType
+    per_channel: bool = True
+    block_size: int = 32
+
+
+def _is_float_variable(tensor: gs.Tensor) -> bool:
+    return isinstance(tensor, gs.Variable) and tensor.dtype == _FLOAT32
+
+
+def _float_constant(tensor: gs.Tensor) -> bool:
+    return isinstance(tensor, gs.Constant) and tensor.dtype == _FLOAT32
+
+
+def _present(node: gs.Node, index: int) -> bool:
+    return index < len(node.inputs) and bool(node.inputs[index].name)
+
+
+def _excluded(node: gs.Node, key: str, patterns: Iterable[str]) -> bool:
+    names = [name for name in (node.name, key) if name]
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns for name in names)
+
+
+def _layer_of(node: gs.Node, static: bool) -> Layer | None:
+    """The Layer for ``node``, or None where quantize has nothing to do with it."""
+    if node.domain not in STANDARD_DOMAINS or not node.outputs or not node.outputs[0].name:
+        return None
+    key = node.outputs[0].name
+    float_inputs = [i for i, t in enumerate(node.inputs) if _is_float_variable(t)]
+    op = node.op
+    if op == "Conv" and len(node.inputs) > 1 and _float_constant(node.inputs[1]):
+        if node.inputs[1].shape is None or len(node.inputs[1].shape) < 3 or 0 not in float_inputs:
+            return None
+        bias = 2 if _present(node, 2) and _float_constant(node.inputs[2]) else None
+        return Layer(key, node, 1, 0, 1, bias, [0])
+    if op == "Gemm" and len(node.inputs) > 1 and _float_constant(node.inputs[1]):
+        if 0 not in float_inputs or node.attrs.get("transA", 0):
+            return None
+        trans_b = bool(node.attrs.get("transB", 0))
+        channels = node.inputs[1].shape[0 if trans_b else 1]
+        bias = None
+        if _present(node, 2) and _float_constant(node.inputs[2]):
+            plain = node.attrs.get("alpha", 1.0) == 1.0 and node.attrs.get("beta", 1.0) == 1.0
+            if plain and tuple(node.inputs[2].shape) == (channels,):
+                bias = 2
+        return Layer(key, node, 1, 0 if trans_b else 1, 1 if trans_b else 0, bias, [0])
+    if op == "MatMul" and len(node.inputs) == 2:
+        if _float_constant(node.inputs[1]) and 0 in float_inputs:
+            rank = len(node.inputs[1].shape or ())
+            axis = rank - 1 if rank >= 2 else None
+            return Layer(key, node, 1, axis, rank - 2 if rank >= 2 else None, None, [0])
+        if static and float_inputs == [0, 1]:
+            return Layer(key, node, activations=[0, 1])
+        return None
+    if op == "Gather" and _float_constant(node.inputs[0]):
+        rank = len(node.inputs[0].shape or ())
+        if rank < 1:
+            return None
+        axis = int(node.attrs.get("axis", 0)) % rank
+        return Layer(key, node, 0, None if static else axis, rank - 1, None, [])
+    if not static or not _is_float_variable(node.outputs[0]):
+        return None
+    if op in ("Add", "Concat") and float_inputs and len(float_inputs) == len(node.inputs):
+        return Layer(key, node, activations=float_inputs)
+    pools = ("MaxPool", "AveragePool", "GlobalAveragePool")
+    if op in pools and float_inputs == [0] and len(node.outputs) == 1:
+        return Layer(key, node, activations=[0])
+    return None
+
+
+def find_layers(
+    graph: gs.Graph, ops: Iterable[str], exclude: Iterable[str], static: bool
+) -> tuple[list[Layer], list[str]]:
+    """The layers to quantize, in graph order, and the keys of those that ``exclude`` names."""
+    wanted, patterns = set(ops), list(exclude)
+    layers, excluded = [], []
+    for node in graph.nodes:
+        if node.op not in wanted:
+            continue
+        layer = _layer_of(node, static)
+        if layer is None:
+            continue
+        if _excluded(node, layer.key, patterns):
+            excluded.append(layer.key)
+        else:
+            layers.append(layer)
+    return layers, excluded
+
+
+def _sole_relu(tensor: gs.Tensor, graph_outputs: set[int]) -> gs.Node | None:
+    if id(tensor) in graph_outputs or len(tensor.outputs) != 1:
+        return None
+    reader = tensor.outputs[0]
+    return reader if reader.op == "Relu" and reader.domain in STANDARD_DOMAINS else None
+
+
+def mark_activations(graph: gs.Graph, layers: list[Layer]) -> dict[str, str | None]:
+    """The activation tensors that get a Q/DQ pair, in graph order, each mapped to the tensor
+    (or Gather table) whose parameters it must share, or None when it is calibrated itself.
+
+    A graph output is quantized only where its producer needs the Q to become an integer
+    kernel: MatMul and Gemm have integer kernels with float outputs (MatMulIntegerToFloat,
+    QGemm), so their outputs (final logits, typically) keep full precision.
+    """
+    by_node = {id(layer.node): layer for layer in layers}
+    outputs = {id(t) for t in graph.outputs}
+    marks: dict[str, str | None] = {}
+
+    def mark(tensor: gs.Tensor, alias: str | None = None) -> None:
+        if not _is_float_variable(tensor):
+            return
+        producer = tensor.inputs[0] if tensor.inputs else None
+        if id(tensor) in outputs and producer is not None and producer.op in _FLOAT_OUTPUT_KERNELS:
+            return
+        marks.setdefault(tensor.name, alias)
+
+    for node in graph.nodes:
+        layer = by_node.get(id(node))
+        if layer is None:
+            source = node.inputs[0] if node.inputs else None
+            if node.op in _MOVEMENT_OPS and source is not None and source.name in marks:
+                mark(node.outputs[0], source.name)
+            continue
+        for index in layer.activations:
+            mark(node.inputs[index])
+        result = node.outputs[0]
+        if node.op == "Gather":
+            mark(result, node.inputs[0].name)
+        elif node.op in _SAME_SCALE_OUTPUT:
+            if node.inputs[0].name in marks:
+                mark(result, node.inputs[0].name)
+        else:
+            relu = _sole_relu(result, outputs)
+            mark(relu.outputs[0] if relu is not None else result)
+    return marks
+
+
+# ------------------------------------------------------------------------------- weights
+
+
+@dataclass
+class QuantizedWeight:
+    """A weight's integers and parameters, and how close they come to the float values."""
+
+    values: np.ndarray
+    params: QuantParams
+    sqnr: float
+
+
+class WeightCache:
+    """Quantized weights by (constant name, layout), so that the accuracy guard, which builds
+    the model many times, quantizes each weight once."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, QuantizedWeight] = {}
+
+    def get(
+        self, constant: gs.Constant, config: WeightConfig, axis: int | None, block: int | None
+    ) -> QuantizedWeight:
+        blockwise = config.qtype.name == "int4" and block is not None
+        layout = (block, config.block_size) if blockwise else (axis if config.per_channel else None)
+        key = (constant.name, config, layout)
+        if key not in self._entries:
+            weights = read_constant(constant)
+            if blockwise:
+                params = blockwise_params(weights, config.qtype, block, config.block_size)
+            else:
+                params = weight_params(weights, config.qtype, layout)
+            values = quantize(weights, params)
+            sqnr = sqnr_db(weights, dequantize(values, params))
+            self._entries[key] = QuantizedWeight(values, params, sqnr)
+        return self._entries[key]
+
+
+# ------------------------------------------------------------------------------- rewriting
+
+
+class _Builder:
+    """Creates Q/DQ nodes and their constants with names that are free in the graph."""
+
+    def __init__(self, graph: gs.Graph) -> None:
+        self.graph = graph
+        self.taken = set(graph.tensors()) | {n.name for n in graph.nodes if n.name}
+        self.nodes: list[gs.Node] = []
+
+    def name(self, base: str) -> str:
+        return fresh_name(base, self.taken)
+
+    def constant(self, base: str, values: np.ndarray, qtype: QuantType | None = None):
+        if qtype is not None and qtype.name == "int4":
+            tensor = onnx.TensorProto()
+            tensor.name = self.name(base)
+            tensor.data_type = qtype.onnx_type
+            tensor.dims.extend(values.shape)
+            tensor.raw_data = pack_int4(values)
+            return gs.Constant(tensor.name, LazyValues(tensor))
+        return gs.Constant(self.name(base), np.array(values, order="C"))
+
+    def params(self, base: str, params: QuantParams) -> list[gs.Constant]:
+        """Scale and zero point constants (no zero point for int4: it is 0 by default and
+        onnxruntime's MatMulNBits fusion reads it that way)."""
+        scale = self.constant(f"{base}_scale", params.scale.astype(np.float32))
+        if params.qtype.name == "int4":
+            return [scale]
+        return [scale, self.constant(f"{base}_zero_point", params.zero_point)]
+
+    def node(self, op: str, base: str, inputs, outputs, params: QuantParams) -> None:
+        attrs = {}
+        if params.axis is not None and params.scale.ndim:
+            attrs["axis"] = int(params.axis)
+        if params.block_size is not None:
+            attrs["block_size"] = int(params.block_size)
+        self.nodes.append(gs.Node(op, self.name(base), attrs, inputs, outputs))
+
+    def dequantized(self, base: str, q: gs.Constant, params: QuantParams, like: gs.Tensor):
+        output = gs.Variable(self.name(f"{base}_dequantized"), _FLOAT32, like.shape)
+        inputs = [q, *self.params(base, params)]
+        self.node("DequantizeLinear", f"{base}_DequantizeLinear", inputs, [output], params)
+        return output
+
+    def quantize_activation(self, tensor: gs.Variable, params: QuantParams, shared) -> None:
+        """Route ``tensor`` through Q then DQ; ``shared`` holds the scale/zero-point
+        constants to reuse (aliases share their source's)."""
+        base = tensor.name
+        quantized = gs.Variable(self.name(f"{base}_quantized"), params.qtype.storage, tensor.shape)
+        if tensor.inputs:
+            producer = tensor.inputs[0]
+            relu_input = _clipped_by_quantize(producer, params)
+            if relu_input is not None:
+                # Q's zero point sits at the bottom of the integer range: the Q itself clips
+                # at zero, and onnxruntime's integer kernels see no ReLU in their way.
+                source = relu_input
+                producer.inputs.clear()
+                producer.outputs.clear()
+            else:
+                source = gs.Variable(self.name(f"{base}_float"), tensor.dtype, tensor.shape)
+                producer.outputs[producer.outputs.index(tensor)] = source
+            result = tensor
+        else:  # a graph input: its name belongs to the caller
+            source = tensor
+            result = gs.Variable(self.name(f"{base}_dequantized"), tensor.dtype, tensor.shape)
+            for reader in list(tensor.outputs):
+                for index, read in enumerate(reader.inputs):
+                    if read is tensor:
+                        reader.inputs[index] = result
+        self.node(
+            "QuantizeLinear", f"{base}_QuantizeLinear", [source, *shared], [quantized], params
+        )
+        self.node(
+            "DequantizeLinear", f"{base}_DequantizeLinear", [quantized, *shared], [result], params
+        )
+
+
+def _clipped_by_quantize(producer: gs.Node, params: QuantParams) -> gs.Tensor | None:
+    """The input of a ReLU whose output Q already clips at zero (zero point = qmin), when the
+    ReLU can go: nothing else reads its input."""
+    if producer.op != "Relu" or producer.domain not in STANDARD_DOMAINS:
+        return None
+    if params.scale.ndim or int(params.zero_point) != params.qtype.qmin:
+        return None
+    source = producer.inputs[0]
+    if not isinstance(source, gs.Variable) or not source.inputs or len(source.outputs) != 1:
+        return None
+    return source
+
+
+@dataclass
+class LayerResult:
+    """What happened to one layer's weight (for the per-layer report)."""
+
+    key: str
+    op: str
+    weight_sqnr: float | None
+
+
+def insert_qdq(
+    graph: gs.Graph,
+    layers: list[Layer],
+    marks: dict[str, str | None],
+    activation_params: dict[str, QuantParams],
+    config: WeightConfig,
+    cache: WeightCache,
+) -> list[LayerResult]:
+    """Quantize the weights of ``layers`` and put Q/DQ on the ``marks`` tensors, in place."""
+    builder = _Builder(graph)
+    tensors = graph.tensors()
+    weight_params: dict[str, QuantParams] = {}
+    dequantized: dict[tuple, gs.Variable] = {}
+    results, with_weights = [], []
+    static = bool(marks)
+    for layer in layers:
+        node = layer.node
+        sqnr = None
+        if layer.weight is not None:
+            constant = node.inputs[layer.weight]
+            axis = layer.axis if not (static and node.op == "Gather") else None
+            weight = cache.get(constant, config, axis, layer.block_axis)
+            key = (constant.name, id(weight))
+            if key not in dequantized:
+                q = builder.constant(f"{constant.name}_quantized", weight.values, config.qtype)
+                dequantized[key] = builder.dequantized(constant.name, q, weight.params, constant)
+            node.inputs[layer.weight] = dequantized[key]
+            weight_params[constant.name] = weight.params
+            with_weights.append((layer, weight.params))
+            sqnr = weight.sqnr
+        results.append(LayerResult(layer.key, node.op, sqnr))
+
+    resolved: dict[str, QuantParams] = {}
+    for name, alias in marks.items():  # in graph order: an alias's source comes first
+        params = activation_params.get(name) if alias is None else None
+        if alias is not None:
+            params = resolved.get(alias) or weight_params.get(alias)
+        if params is not None:
+            resolved[name] = params
+    for layer, params in with_weights:
+        _quantize_bias(builder, layer, params, resolved)
+
+    shared: dict[str, list[gs.Constant]] = {}
+    for name, alias in marks.items():
+        if name not in resolved:
+            continue
+        source = alias if alias in shared else name
+        if source not in shared:
+            shared[source] = builder.params(source, resolved[name])
+        shared.setdefault(name, shared[source])
+        builder.quantize_activation(tensors[name], resolved[name], shared[name])
+    graph.nodes.extend(builder.nodes)
+    graph.toposort()
+    return results
+
+
+def _quantize_bias(
+    builder: _Builder,
+    layer: Layer,
+    weight: QuantParams,
+    activation_params: dict[str, QuantParams],
+) -> None:
+    """int32 bias with scale input scale x weight scale, when the input is quantized with
+    per-tensor parameters and the weight per channel or per tensor (not block-wise)."""
+    if layer.bias is None or weight.block_size is not None or weight.qtype.qmin >= 0:
+        return
+    node = layer.node
+    source = activation_params.get(node.inputs[0].name)
+    if source is None:
+        return
+    bias = node.inputs[layer.bias]
+    channels = bias.shape[0]
+    weight_scale = np.broadcast_to(weight.scale, (channels,)).astype(np.float32)
+    params = bias_params(source.scale, weight_scale)
+    values = quantize(read_constant(bias), params)
+    q = builder.constant(f"{bias.name}_quantized", values)
+    node.inputs[layer.bias] = builder.dequantized(bias.name, q, params, bias)

@@ -1,0 +1,198 @@
+"""The arithmetic of quantization: integer types, scales and zero points, int4 packing, SQNR.
+
+Kept apart from graph editing so that every formula can be checked against hand-computed
+values. Conventions follow ONNX QuantizeLinear: ``q = clip(round(x / scale) + zero_point)``
+with round-half-to-even, and ``x ~ (q - zero_point) * scale``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+__all__ = [
+    "QuantType",
+    "QUANT_TYPES",
+    "QuantParams",
+    "activation_params",
+    "weight_params",
+    "blockwise_params",
+    "quantize",
+    "dequantize",
+    "bias_params",
+    "pack_int4",
+    "unpack_int4",
+    "sqnr_db",
+]
+
+
+@dataclass(frozen=True)
+class QuantType:
+    """An integer type a tensor can be stored in, with its ONNX element type and range."""
+
+    name: str
+    onnx_type: int
+    qmin: int
+    qmax: int
+    storage: np.dtype  # the numpy type that holds unpacked values
+
+    @property
+    def needs_opset21(self) -> bool:
+        """int4 and int16 exist in standard QuantizeLinear/DequantizeLinear from opset 21."""
+        return self.name in ("int4", "int16")
+
+    def reduced(self) -> QuantType:
+        """One bit less of range: onnxruntime's ``reduce_range`` for CPUs without VNNI, whose
+        u8s8 dot products can saturate in 16-bit intermediates."""
+        half_min = self.qmin // 2 if self.qmin < 0 else self.qmin
+        return QuantType(self.name, self.onnx_type, half_min, self.qmax // 2, self.storage)
+
+
+QUANT_TYPES: dict[str, QuantType] = {
+    "int8": QuantType("int8", onnx.TensorProto.INT8, -128, 127, np.dtype(np.int8)),
+    "uint8": QuantType("uint8", onnx.TensorProto.UINT8, 0, 255, np.dtype(np.uint8)),
+    "int16": QuantType("int16", onnx.TensorProto.INT16, -32768, 32767, np.dtype(np.int16)),
+    "int4": QuantType("int4", onnx.TensorProto.INT4, -8, 7, np.dtype(np.int8)),
+}
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Scale and zero point of one tensor: scalars, or 1-D along ``axis``, or blocks of
+    ``block_size`` along ``axis`` (then shaped like the tensor with that axis divided)."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    qtype: QuantType
+    axis: int | None = None
+    block_size: int | None = None
+
+
+def _asymmetric(
+    low: np.ndarray, high: np.ndarray, qtype: QuantType
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point mapping ``[min(low, 0), max(high, 0)]`` onto the full integer range;
+    zero stays exactly representable (padding and ReLU outputs need a true zero)."""
+    low = np.minimum(np.asarray(low, dtype=np.float64), 0.0)
+    high = np.maximum(np.asarray(high, dtype=np.float64), 0.0)
+    span = high - low
+    scale = np.where(span > 0, span / (qtype.qmax - qtype.qmin), 1.0)
+    zero_point = np.clip(np.round(qtype.qmin - low / scale), qtype.qmin, qtype.qmax)
+    return scale.astype(np.float32), zero_point.astype(qtype.storage)
+
+
+def activation_params(low: float, high: float, qtype: QuantType) -> QuantParams:
+    """Per-tensor asymmetric parameters for a calibrated range."""
+    scale, zero_point = _asymmetric(np.float64(low), np.float64(high), qtype)
+    return QuantParams(np.asarray(scale), np.asarray(zero_point), qtype)
+
+
+def _symmetric_scale(absmax: np.ndarray, qtype: QuantType) -> np.ndarray:
+    limit = min(-qtype.qmin, qtype.qmax)
+    return np.where(absmax > 0, absmax / limit, 1.0).astype(np.float32)
+
+
+def weight_params(weights: np.ndarray, qtype: QuantType, axis: int | None) -> QuantParams:
+    """Parameters for a constant weight, per channel along ``axis`` (or per tensor).
+
+    Signed types are symmetric (zero point 0: integer kernels then skip the zero-point
+    correction of the weights); uint8 is asymmetric.
+    """
+    reduce_axes = tuple(a for a in range(weights.ndim) if a != axis) if axis is not None else None
+    values = weights.astype(np.float64)
+    if qtype.qmin < 0:
+        absmax = np.abs(values).max(axis=reduce_axes) if values.size else np.float64(0)
+        scale = _symmetric_scale(np.asarray(absmax), qtype)
+        zero_point = np.zeros(scale.shape, dtype=qtype.storage)
+    else:
+        scale, zero_point = _asymmetric(
+            values.min(axis=reduce_axes), values.max(axis=reduce_axes), qtype
+        )
+    return QuantParams(np.asarray(scale), np.asarray(zero_point), qtype, axis)
+
+
+def blockwise_params(
+    weights: np.ndarray, qtype: QuantType, axis: int, block_size: int
+) -> QuantParams:
+    """Symmetric parameters per block of ``block_size`` consecutive values along ``axis``
+    (the last block may be shorter), as opset-21 DequantizeLinear's ``block_size`` reads them."""
+    moved = np.moveaxis(weights.astype(np.float64), axis, 0)
+    length = moved.shape[0]
+    blocks = -(-length // block_size)
+    padded = np.zeros((blocks * block_size, *moved.shape[1:]))
+    padded[:length] = moved
+    absmax = np.abs(padded.reshape(blocks, block_size, *moved.shape[1:])).max(axis=1)
+    scale = np.moveaxis(_symmetric_scale(absmax, qtype), 0, axis)
+    zero_point = np.zeros(scale.shape, dtype=qtype.storage)
+    return QuantParams(scale, zero_point, qtype, axis, block_size)
+
+
+def _expanded(values: np.ndarray, params: QuantParams, shape: tuple[int, ...]) -> np.ndarray:
+    """Scale or zero point broadcast against a tensor of ``shape``."""
+    if params.axis is None or values.ndim == 0:
+        return values
+    if params.block_size is not None:
+        repeated = np.repeat(values, params.block_size, axis=params.axis)
+        return np.take(repeated, np.arange(shape[params.axis]), axis=params.axis)
+    view = [1] * len(shape)
+    view[params.axis] = -1
+    return values.reshape(view)
+
+
+def quantize(values: np.ndarray, params: QuantParams) -> np.ndarray:
+    """``values`` as integers (unpacked, in ``params.qtype.storage``)."""
+    scale = _expanded(params.scale.astype(np.float64), params, values.shape)
+    zero_point = _expanded(params.zero_point.astype(np.float64), params, values.shape)
+    q = np.round(values.astype(np.float64) / scale) + zero_point
+    return np.clip(q, params.qtype.qmin, params.qtype.qmax).astype(params.qtype.storage)
+
+
+def dequantize(q: np.ndarray, params: QuantParams) -> np.ndarray:
+    scale = _expanded(params.scale.astype(np.float64), params, q.shape)
+    zero_point = _expanded(params.zero_point.astype(np.float64), params, q.shape)
+    return ((q.astype(np.float64) - zero_point) * scale).astype(np.float32)
+
+
+def bias_params(input_scale: np.ndarray, weight_scale: np.ndarray) -> QuantParams:
+    """int32 bias parameters: scale = input scale x weight scale, so that the bias adds
+    directly to the int32 accumulator of the integer kernel."""
+    scale = (np.float64(input_scale) * weight_scale.astype(np.float64)).astype(np.float32)
+    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    int32 = QuantType("int32", onnx.TensorProto.INT32, -(2**31), 2**31 - 1, np.dtype(np.int32))
+    axis = 0 if scale.ndim else None
+    return QuantParams(scale, np.zeros(scale.shape, dtype=np.int32), int32, axis)
+
+
+def pack_int4(values: np.ndarray) -> bytes:
+    """Two 4-bit values per byte, the first in the low nibble (ONNX's INT4 layout); an odd
+    count leaves the last high nibble zero."""
+    flat = values.astype(np.int8).ravel().astype(np.uint8) & 0x0F
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+def unpack_int4(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """The signed values of :func:`pack_int4`'s bytes, in ``shape``."""
+    packed = np.frombuffer(data, dtype=np.uint8)
+    nibbles = np.empty(packed.size * 2, dtype=np.uint8)
+    nibbles[0::2] = packed & 0x0F
+    nibbles[1::2] = packed >> 4
+    count = int(np.prod(shape)) if shape else 1
+    signed = nibbles[:count].astype(np.int8)
+    signed[signed > 7] -= 16
+    return signed.reshape(shape)
+
+
+def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in decibels (inf when the two are equal)."""
+    reference = np.ravel(reference).astype(np.float32, copy=False)
+    error = reference - np.ravel(approximation).astype(np.float32, copy=False)
+    noise, signal = float(np.dot(error, error)), float(np.dot(reference, reference))
+    if noise == 0:
+        return float("inf")
+    if signal == 0:
+        return float("-inf")
+    return 10.0 * float(np.log10(signal / noise))
