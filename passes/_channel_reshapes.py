@@ -1,0 +1,294 @@
+"""Rules for ops that move channels between axes or lay them side by side.
+
+Transpose, Flatten, Reshape (keeping channels, flattening them, or splitting them into units
+such as attention heads), Squeeze, Unsqueeze and Expand move the channel axis; Concat lays
+groups side by side, and Split or Slice take such runs apart again where they cut between
+groups.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from onnxslim.passes._channel_layout import (
+    GroupBook,
+    Layout,
+    Segment,
+    const_value,
+    static_size,
+    tensor_rank,
+    tensor_shape,
+)
+
+from onnxslim.rewrite import static_dim
+
+__all__ = ["ReshapeRules"]
+
+
+_Place = tuple[gs.Node, int, int]  # (node, its constant input, element): where an entry lives
+
+
+def _reshape_target(node: gs.Node) -> list[tuple[int | None, _Place | None]] | None:
+    """A Reshape's target shape, entry by entry: the value where it is known and where it can
+    be rewritten. The target is constant, or concatenated from pieces of which only the
+    constant ones are known (exporters compute batch and sequence entries from Shape)."""
+    values = const_value(node.inputs[1])
+    if values is not None:
+        return [(int(v), (node, 1, i)) for i, v in enumerate(np.ravel(values))]
+    target = node.inputs[1]
+    concat = target.inputs[0] if isinstance(target, gs.Variable) and target.inputs else None
+    if concat is None or concat.op != "Concat":
+        return None
+    shared = len(target.outputs) != 1  # other Reshapes would follow an edit too
+    entries: list[tuple[int | None, _Place | None]] = []
+    for index, piece in enumerate(concat.inputs):
+        values, shape = const_value(piece), tensor_shape(piece)
+        if values is not None:
+            entries.extend(
+                (int(v), None if shared else (concat, index, i))
+                for i, v in enumerate(np.ravel(values))
+            )
+        elif shape is not None and len(shape) == 1 and isinstance(shape[0], int):
+            entries.extend([(None, None)] * shape[0])
+        else:
+            return None
+    return entries
+
+
+def _same_size(a: list, b: list) -> bool:
+    """Whether two runs of dims hold the same number of elements, symbolic names included."""
+    size_a, size_b = static_size(a), static_size(b)
+    if size_a is not None and size_b is not None:
+        return size_a == size_b
+    return a == b and all(isinstance(d, int | str) for d in a)
+
+
+class ReshapeRules(GroupBook):
+    """Handlers ``_op_<Op>`` for the ops named in the module docstring."""
+
+    # -------------------------------------------------------------------- moving the axis
+
+    def _op_Transpose(self, node: gs.Node) -> bool:
+        layout = self._only_first(node)
+        rank = tensor_rank(node.inputs[0])
+        if layout is None:
+            return self._pass_through(node, None)
+        perm = list(node.attrs.get("perm", range(rank - 1, -1, -1) if rank else []))
+        if layout.axis not in perm:
+            return False
+        return self._pass_through(node, layout.moved(perm.index(layout.axis)))
+
+    def _op_Flatten(self, node: gs.Node) -> bool:
+        layout = self._only_first(node)
+        if layout is None:
+            return self._pass_through(node, None)
+        shape = tensor_shape(node.inputs[0])
+        axis = int(node.attrs.get("axis", 1))
+        axis = axis + len(shape) if shape is not None and axis < 0 else axis
+        inner = static_size(shape[layout.axis + 1 :]) if shape is not None else None
+        if axis != layout.axis or inner is None:
+            return False
+        return self._pass_through(node, layout.moved(1, inner))
+
+    def _op_Reshape(self, node: gs.Node) -> bool:
+        """Channels kept on one axis, flattened with what follows them, or split into units
+        (attention heads: ``[B, S, H*D]`` to ``[B, S, H, D]``), which then go whole."""
+        counts = {
+            entry: self.counts.pop((owner, entry))
+            for owner, entry in list(self.counts)
+            if owner == id(node)
+        }
+        handled = self._reshape(node, counts)
+        for layout in counts.values():
+            self.block(layout, f"the channel count is read through Shape into '{node.name}'")
+        return handled
+
+    def _reads_count(self, counted: Layout | None, out: Layout) -> bool:
+        """Whether a target entry that reads ``counted``'s channel count fits ``out``."""
+        return (
+            counted is not None
+            and len(counted.segments) == len(out.segments) == 1
+            and self.find(counted.segments[0].group) == self.find(out.segments[0].group)
+            and counted.length == out.length
+        )
+
+    def _reshape(self, node: gs.Node, counts: dict[int, Layout]) -> bool:
+        layout = self._only_first(node)
+        if layout is None:
+            return self._pass_through(node, None)
+        source, result = tensor_shape(node.inputs[0]), tensor_shape(node.outputs[0])
+        target = _reshape_target(node)
+        if source is None or result is None or target is None or len(target) != len(result):
+            return False
+        axis, tail = layout.axis, source[layout.axis + 1 :]
+        inner = static_size(tail)
+        for position, dim in enumerate(result):
+            rest = result[position + 1 :]
+            unit = rest[0] if rest and isinstance(rest[0], int) else 0
+            if dim == layout.length and _same_size(rest, tail):
+                out = layout.moved(position)
+            elif inner is not None and dim == layout.length * inner and static_size(rest) == 1:
+                out = layout.moved(position, inner)
+            elif unit and dim * unit == layout.length and _same_size(rest[1:], tail):
+                out = self.split_units(layout, position, unit)
+            else:
+                continue
+            copies_channels = axis < len(target) and target[axis][0] == 0
+            if out is None or (copies_channels and (position != axis or out.length != dim)):
+                break
+            value, place = target[position]
+            if value is None:
+                if not self._reads_count(counts.pop(position, None), out):
+                    break
+            elif value != -1:
+                if place is None:
+                    break
+                owner, index, element = place
+                self.edit("entry", owner, index=index, axis=element, layout=out)
+            return self._pass_through(node, out)
+        self.block(layout, f"Reshape '{node.name}' splits or mixes the channel axis")
+        return True
+
+    def _op_Squeeze(self, node: gs.Node) -> bool:
+        return self._reshape_axes(node, unsqueeze=False)
+
+    def _op_Unsqueeze(self, node: gs.Node) -> bool:
+        return self._reshape_axes(node, unsqueeze=True)
+
+    def _reshape_axes(self, node: gs.Node, unsqueeze: bool) -> bool:
+        layout = self._only_first(node)
+        if layout is None:
+            return self._pass_through(node, None)
+        axes = node.attrs.get("axes")
+        if len(node.inputs) > 1:
+            axes = const_value(node.inputs[1])
+        rank, out_rank = tensor_rank(node.inputs[0]), tensor_rank(node.outputs[0])
+        if axes is None or rank is None or out_rank is None:
+            return False
+        axes = sorted(int(a) % (out_rank if unsqueeze else rank) for a in np.ravel(axes))
+        if unsqueeze:
+            kept = [i for i in range(out_rank) if i not in axes]
+            return self._pass_through(node, layout.moved(kept[layout.axis]))
+        if layout.axis in axes:
+            return False
+        return self._pass_through(
+            node, layout.moved(layout.axis - sum(a < layout.axis for a in axes))
+        )
+
+    def _op_Expand(self, node: gs.Node) -> bool:
+        layout = self._only_first(node)
+        if layout is None:
+            return self._pass_through(node, None)
+        shape, rank = const_value(node.inputs[1]), tensor_rank(node.inputs[0])
+        if shape is None or rank is None:
+            return False
+        out_rank = max(rank, len(shape))
+        out = layout.moved(layout.axis + out_rank - rank)
+        position = out.axis - (out_rank - len(shape))
+        if position >= 0 and shape[position] not in (1, layout.length):
+            return False
+        if position >= 0 and shape[position] == layout.length:
+            self.edit("entry", node, index=1, axis=position, layout=out)
+        return self._pass_through(node, out)
+
+    # ------------------------------------------------------------------- side by side
+
+    def _op_Concat(self, node: gs.Node) -> bool:
+        rank = tensor_rank(node.outputs[0]) or tensor_rank(node.inputs[0])
+        layouts = [self.layout(t) for t in node.inputs]
+        if rank is None or all(layout is None for layout in layouts):
+            return self._pass_through(node, None)
+        axis = int(node.attrs.get("axis", 0)) % rank
+        known = [layout for layout in layouts if layout is not None]
+        if any(layout.axis != axis for layout in known):
+            out = known[0]
+            for layout in layouts:
+                if layout is None:
+                    return False
+                self.unify(out, layout, self._why(node))
+            self.touch(node, out)
+            return self._pass_through(node, out)
+        segments: list[Segment] = []
+        for tensor, layout in zip(node.inputs, layouts, strict=True):
+            if layout is None:
+                size = static_dim((tensor_shape(tensor) or [None] * (axis + 1))[axis])
+                if size is None:
+                    return False
+                reason = f"'{tensor.name}' enters Concat '{node.name}' from an unprunable layer"
+                layout = Layout(axis, (Segment(self.new_group(size, reason), size),))
+            segments.extend(layout.segments)
+        out = Layout(axis, tuple(segments))
+        self.touch(node, out)
+        return self._pass_through(node, out)
+
+    def _pieces(self, layout: Layout, bounds: list[tuple[int, int]]) -> list[Layout] | None:
+        """The segments between each (start, end), cutting groups where bounds fall inside
+        them; None where that is impossible."""
+        layout = self.cut(layout, {bound for pair in bounds for bound in pair})
+        if layout is None:
+            return None
+        starts, offset = [], 0
+        for segment in layout.segments:
+            starts.append(offset)
+            offset += segment.length
+        edges = {*starts, offset}
+        pieces = []
+        for start, end in bounds:
+            if start not in edges or end not in edges or start > end:
+                return None
+            taken = [s for s, at in zip(layout.segments, starts, strict=True) if start <= at < end]
+            pieces.append(Layout(layout.axis, tuple(taken)))
+        return pieces
+
+    def _op_Split(self, node: gs.Node) -> bool:
+        layout = self._only_first(node)
+        rank = tensor_rank(node.inputs[0])
+        if layout is None:
+            return self._pass_through(node, None)
+        if rank is None or int(node.attrs.get("axis", 0)) % rank != layout.axis:
+            return self._pass_through(node, layout)
+        sizes = node.attrs.get("split")
+        if len(node.inputs) > 1 and node.inputs[1].name:
+            sizes = const_value(node.inputs[1])
+        if sizes is None:
+            # Equal parts: written out after pruning, so only where no block of features
+            # (whose size may come from a stand-in dimension) is involved.
+            count = len(node.outputs)
+            even = layout.length % count == 0 and all(s.block == 1 for s in layout.segments)
+            sizes = [layout.length // count] * count if even else None
+        if sizes is None:
+            return False
+        ends = np.cumsum([int(s) for s in sizes]).tolist()
+        pieces = self._pieces(layout, list(zip([0, *ends[:-1]], ends, strict=True)))
+        if pieces is None or any(not piece.segments for piece in pieces):
+            return False
+        for output, piece in zip(node.outputs, pieces, strict=True):
+            self.set(output, piece)
+        self.edit("split", node, layouts=tuple(pieces))
+        return True
+
+    def _op_Slice(self, node: gs.Node) -> bool:
+        layout = self._only_first(node)
+        if layout is None:
+            return self._pass_through(node, None)
+        values = [const_value(t) if t.name else None for t in node.inputs[1:5]]
+        rank = tensor_rank(node.inputs[0])
+        if len(values) < 2 or values[0] is None or values[1] is None or rank is None:
+            return False
+        axes = values[2] if len(values) > 2 and values[2] is not None else range(len(values[0]))
+        axes = [int(a) % rank for a in axes]
+        if layout.axis not in axes:
+            return self._pass_through(node, layout)
+        position = axes.index(layout.axis)
+        steps = values[3] if len(values) > 3 and values[3] is not None else None
+        if steps is not None and steps[position] != 1:
+            return False
+        length = layout.length
+        start, end = (int(v[position]) for v in values[:2])
+        start, end = (min(max(v + length if v < 0 else v, 0), length) for v in (start, end))
+        pieces = self._pieces(layout, [(0, start), (start, end)])
+        if pieces is None or not pieces[1].segments:
+            return False
+        self.set(node.outputs[0], pieces[1])
+        self.edit("bounds", node, axis=position, layouts=tuple(pieces))
+        return True
