@@ -5,7 +5,9 @@ kernels, so that the Q/DQ pairs cost nothing and the integer math pays:
 
 * ``DQ(x), DQ(w), DQ(b int32) -> Conv -> Q`` becomes QLinearConv; ``Gemm`` the same becomes
   QGemm; ``DQ, DQ -> MatMul -> Q`` becomes QLinearMatMul; ``DQ, DQ -> Add -> Q`` QLinearAdd;
-  ``DQ... -> Concat -> Q`` QLinearConcat.
+  ``DQ... -> Concat -> Q`` QLinearConcat. A Concat input that nothing else reads takes the
+  Concat output's scale and zero point, so the concatenation is a plain copy of integers
+  (no requantization; TensorRT requires it to fuse).
 * A ReLU right after a layer is not given its own Q/DQ: the Q goes after the ReLU, whose
   clipping the Q's zero point then performs (onnxruntime removes the ReLU).
 * Data-movement ops (Reshape, Transpose, Flatten, Squeeze, Unsqueeze, MaxPool) after a
@@ -236,7 +238,20 @@ def mark_activations(graph: gs.Graph, layers: list[Layer]) -> dict[str, str | No
         else:
             relu = _sole_relu(result, outputs)
             mark(relu.outputs[0] if relu is not None else result)
+        if node.op == "Concat" and marks.get(result.name, "") is None:
+            _share_concat_parameters(node, marks)
     return marks
+
+
+def _share_concat_parameters(concat: gs.Node, marks: dict[str, str | None]) -> None:
+    """Give Concat inputs that only the Concat reads the output's parameters.
+
+    Such an input is re-inserted after the output, because aliases resolve in order.
+    """
+    for tensor in concat.inputs:
+        if marks.get(tensor.name, "") is None and tensor.outputs == [concat]:
+            del marks[tensor.name]
+            marks[tensor.name] = concat.outputs[0].name
 
 
 # ------------------------------------------------------------------------------- weights

@@ -187,6 +187,10 @@ def test_residual_add_and_concat_get_shared_qdq_and_integer_kernels(tmp_path: Pa
         sum(1 for n in proto.graph.node if n.output == ["sum"] and n.op_type == "DequantizeLinear")
         == 1
     )
+    # 'c' is read by the Concat alone: it shares the Concat output's scale and zero point;
+    # 'sum' has other readers and keeps its own.
+    assert _producer(proto, "c").input[1:] == _producer(proto, "cat").input[1:]
+    assert _producer(proto, "sum").input[1:] != _producer(proto, "cat").input[1:]
     fused = _fused_ops(proto, tmp_path)
     assert fused["QLinearAdd"] == 1 and fused["QLinearConcat"] == 1 and fused["QLinearConv"] == 4
     feeds = {"x": np.abs(_normal((2, 4, 4, 4), 11))}
