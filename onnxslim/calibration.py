@@ -25,7 +25,14 @@ import numpy as np
 import onnx
 
 from onnxslim.errors import InputDataError
-from onnxslim.inputs import InputSpec, conform_feeds, input_specs, load_inputs, synthesize_inputs
+from onnxslim.inputs import (
+    LABELS_KEY,
+    InputSpec,
+    conform_feeds,
+    input_specs,
+    load_inputs,
+    synthesize_inputs,
+)
 from onnxslim.progress import progress_bar
 from onnxslim.runtime import create_session, run
 
@@ -43,7 +50,6 @@ __all__ = [
 
 CalibrationMethod = Literal["minmax", "percentile", "entropy"]
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-LABELS_KEY = "labels"  # in data files that serve evaluation as well (see onnxslim.stages)
 HISTOGRAM_BINS = 8192  # a multiple of 4, so that doubling the range merges bins exactly
 _ENTROPY_STEP = 16  # candidate thresholds every this many bins (a full scan is 16x slower)
 ENTROPY_LEVELS = 128  # quantization levels the KL search compares with (as TensorRT and ORT)

@@ -31,7 +31,12 @@ __all__ = [
     "synthesize_inputs",
     "conform_feeds",
     "load_inputs",
+    "LABELS_KEY",
 ]
+
+LABELS_KEY = "labels"
+"""The array of a data file that holds the expected classes rather than an input: files such
+as ``fixtures/digits_test.npz`` serve calibration, distillation and accuracy alike."""
 
 Dim = int | str | None
 """One dimension of an input: a size, a symbolic name, or None when unnamed and unknown."""

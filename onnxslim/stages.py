@@ -19,15 +19,13 @@ from typing import Any
 import numpy as np
 
 from onnxslim.errors import InputDataError
-from onnxslim.inputs import InputSpec, conform_feeds, input_specs, synthesize_inputs
+from onnxslim.inputs import LABELS_KEY, InputSpec, conform_feeds, input_specs, synthesize_inputs
 from onnxslim.model import Model, save
 from onnxslim.runtime import create_session, run
 from onnxslim.summary import describe
 from onnxslim.validate import validate
 
 __all__ = ["StageMeasurement", "measure_stage", "read_labelled_data"]
-
-LABELS_KEY = "labels"
 
 
 @dataclass

@@ -17,11 +17,9 @@ import numpy as np
 
 from onnxslim.distill.errors import DistillDataError
 from onnxslim.errors import InputDataError
-from onnxslim.inputs import InputSpec, conform_feeds
+from onnxslim.inputs import LABELS_KEY, InputSpec, conform_feeds
 
 __all__ = ["LABELS_KEY", "TrainingData", "load_training_data"]
-
-LABELS_KEY = "labels"
 
 
 @dataclass
