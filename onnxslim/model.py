@@ -215,7 +215,11 @@ def read_constant_bytes(tensor: gs.Constant, limit: int | None = None) -> bytes 
         with open(values.base_dir / info.location, "rb") as handle:
             handle.seek(info.offset or 0)
             return handle.read(length if limit is None else min(limit, length))
-    if isinstance(values, LazyValues) and values.tensor.HasField("raw_data"):
+    if (
+        isinstance(values, LazyValues)
+        and not isinstance(values, SparseValues)
+        and values.tensor.HasField("raw_data")
+    ):
         data = memoryview(values.tensor.raw_data)
     else:
         data = memoryview(np.ascontiguousarray(read_constant(tensor))).cast("B")
@@ -383,6 +387,7 @@ def _from_proto(proto: onnx.ModelProto, base_dir: Path | None, source: Path | No
     except Exception as exc:  # gs raises bare exceptions on malformed graphs
         raise ModelLoadError(f"cannot read the graph: {exc}") from exc
     _restore_type_attributes(proto.graph, graph)
+    _read_sparse_values_exactly(graph)
     if _GS_LOSSY_TYPES & {v.type.tensor_type.elem_type for v in _values_of(proto.graph)}:
         _restore_element_types(proto.graph, graph)
     if external:
@@ -497,6 +502,31 @@ def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
         else:
             setattr(shell, descriptor.name, value)
     return shell
+
+
+class _ExactSparseValues(SparseValues):
+    """Sparse initializer values densified in their own element type.
+
+    gs's SparseValues ignores ``raw_data`` and always builds float64, which would change a
+    weight's type the moment a pass reads it.
+    """
+
+    def load(self) -> np.ndarray:
+        sparse = self.tensor
+        values = numpy_helper.to_array(sparse.values)
+        indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+        dense = np.zeros(tuple(sparse.dims), values.dtype)
+        if indices.ndim == 1:  # linear indices
+            dense.reshape(-1)[indices] = values
+        else:  # [NNZ, rank] coordinates
+            dense[tuple(indices.T)] = values
+        return dense
+
+
+def _read_sparse_values_exactly(graph: gs.Graph) -> None:
+    for tensor in all_constants(graph):
+        if type(tensor._values) is SparseValues:
+            tensor._values = _ExactSparseValues(tensor._values.tensor)
 
 
 def _attach_base_dir(graph: gs.Graph, base_dir: Path) -> None:
@@ -693,6 +723,14 @@ def stub_proto(model: Model, keep_below: int = DEFAULT_SIZE_THRESHOLD) -> onnx.M
                 onnx.helper.make_tensor_value_info(stub.name, stub.data_type, list(stub.dims))
             )
     _inline_nested_external(proto, model.base_dir)
+    # Strict shape inference types a sparse initializer as a sparse tensor, which no op reads.
+    for sparse in proto.graph.sparse_initializer:
+        proto.graph.input.append(
+            onnx.helper.make_tensor_value_info(
+                sparse.values.name, sparse.values.data_type, list(sparse.dims)
+            )
+        )
+    del proto.graph.sparse_initializer[:]
     return proto
 
 

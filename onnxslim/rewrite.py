@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 __all__ = [
     "bypass",
@@ -86,6 +86,8 @@ def element_type(tensor: gs.Constant) -> int:
     gs maps some types (INT4 and INT8, say) to one numpy type, so compare this, not dtypes.
     """
     values = tensor._values
+    if isinstance(values, SparseValues):
+        return int(values.tensor.values.data_type)
     if isinstance(values, LazyValues):
         return int(values.tensor.data_type)
     return int(onnx.helper.np_dtype_to_tensor_dtype(np.asarray(values).dtype))
