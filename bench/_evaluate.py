@@ -8,7 +8,8 @@ so the measuring lives here once:
   :data:`DIGITS_CNN`, the model trained on it;
 - :func:`digits_accuracy` — top-1 test accuracy of an ONNX classifier under onnxruntime;
 - :func:`output_cosine` — the smallest cosine similarity between two models' outputs;
-- :func:`latency_ms` — median CPU latency of one session over many runs;
+- :func:`latency_ms` — median CPU latency of one session over many runs, and
+  :func:`interleaved_latency` — the same for several models measured in alternating rounds;
 - :func:`bench_model` — an exported ResNet-50 / MobileNetV2 / BERT-base graph (random weights),
   exported on first use by ``bench/export_models.py`` in ``.venv-export`` and cached.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "digits_accuracy",
     "output_cosine",
     "latency_ms",
+    "interleaved_latency",
     "bench_model",
     "bench_feed",
 ]
@@ -116,6 +118,37 @@ def latency_ms(
         sess.run(None, feed)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
+
+
+def interleaved_latency(
+    paths: Sequence[Path],
+    feeds: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    runs: int = 30,
+    rounds: int = 3,
+    threads: int | None = None,
+    min_seconds: float = 0.0,
+) -> list[dict[str, float]]:
+    """Median latency per feed of each model, measured in alternating rounds.
+
+    On a shared machine a burst of load then hits every model alike instead of whichever was
+    being measured at the time; each value is the median of the per-round medians.
+    """
+    samples: list[dict[str, list[float]]] = [{label: [] for label in feeds} for _ in paths]
+    for _ in range(rounds):
+        for path, sample in zip(paths, samples, strict=True):
+            for label, feed in feeds.items():
+                sample[label].append(
+                    latency_ms(
+                        path,
+                        feed,
+                        runs=max(1, runs // rounds),
+                        warmup=2,
+                        threads=threads,
+                        min_seconds=min_seconds / rounds,
+                    )
+                )
+    return [{label: statistics.median(v) for label, v in s.items()} for s in samples]
 
 
 def bench_model(name: str, log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:

@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from _evaluate import DIGITS_CNN, bench_feed, bench_model, digits_accuracy, latency_ms
+from _evaluate import DIGITS_CNN, bench_feed, bench_model, digits_accuracy, interleaved_latency
 from _report import consoles, work_folder
 from rich.console import Console
 from rich.table import Table
@@ -28,7 +27,7 @@ from onnxslim.api import optimize
 from onnxslim.registry import DEFAULT_PIPELINE
 from onnxslim.summary import describe
 
-__all__ = ["Row", "describe_row", "measure_latency", "bench", "render", "main"]
+__all__ = ["Row", "describe_row", "bench", "render", "main"]
 
 VISION = ("resnet50", "mobilenetv2")
 TARGETS = {"resnet50": (0.3, 0.5), "mobilenetv2": (0.3, 0.5), "bert-base": (None, 0.75)}
@@ -67,22 +66,6 @@ def describe_row(name: str, path: Path, ratio: float, accuracy: bool) -> Row:
     )
 
 
-def measure_latency(
-    paths: Sequence[Path], feeds: dict[str, dict], runs: int, threads: int | None
-) -> list[dict[str, float]]:
-    """Median latency per feed of each model, measured in interleaved rounds so that a load
-    change on a shared machine hits the original and the pruned models alike."""
-    samples = [{label: [] for label in feeds} for _ in paths]
-    for _ in range(ROUNDS):
-        for path, sample in zip(paths, samples, strict=True):
-            for label, feed in feeds.items():
-                runs_now = max(1, runs // ROUNDS)
-                sample[label].append(
-                    latency_ms(path, feed, runs=runs_now, warmup=1, threads=threads)
-                )
-    return [{label: statistics.median(v) for label, v in s.items()} for s in samples]
-
-
 def _compare(row: Row, base: Row) -> Row:
     row.flops_x = row.flops / base.flops if base.flops else None
     row.latency_x = {k: v / base.latency_ms[k] for k, v in row.latency_ms.items()}
@@ -119,7 +102,11 @@ def bench(
             optimize(path, passes=spec, output=paths[-1])
             rows.append(describe_row(name, paths[-1], ratio, digits))
     log(f"{name}: measuring latency of {len(paths)} models")
-    for row, latency in zip(rows, measure_latency(paths, feeds, runs, threads), strict=True):
+    for row, latency in zip(
+        rows,
+        interleaved_latency(paths, feeds, runs=runs, rounds=ROUNDS, threads=threads),
+        strict=True,
+    ):
         row.latency_ms = latency
     for row, label in zip(rows, labels, strict=True):
         _compare(row, rows[0])

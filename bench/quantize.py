@@ -40,7 +40,7 @@ from _evaluate import (
     bench_model,
     digits,
     digits_accuracy,
-    latency_ms,
+    interleaved_latency,
     output_cosine,
 )
 from _measure import measure_call
@@ -152,16 +152,13 @@ def bench_digits(folder: Path, runs: int, log: Callable[[str], None]) -> list[Ro
         "onnxslim": (ours_path, ours(DIGITS_CNN, ours_path, DIGITS_CALIB, 200)),
         "onnxruntime": (ort_path, theirs(DIGITS_CNN, ort_path, calib)),
     }
-    rows = []
-    for variant, (path, seconds) in variants.items():
-        log(f"digits: measuring {variant}")
-        latency = {
-            name: latency_ms(path, feed, runs=runs, min_seconds=1.0)
-            for name, feed in batches.items()
-        }
-        accuracy = digits_accuracy(path, data)
-        rows.append(Row("digits-cnn", variant, _size_mb(path), latency, accuracy, None, seconds))
-    return rows
+    log("digits: measuring latency (interleaved rounds)")
+    paths = [path for path, _ in variants.values()]
+    latencies = interleaved_latency(paths, batches, runs=runs, min_seconds=3.0)
+    return [
+        Row("digits-cnn", variant, _size_mb(path), latency, digits_accuracy(path, data), None, s)
+        for (variant, (path, s)), latency in zip(variants.items(), latencies, strict=True)
+    ]
 
 
 def _split_rows(feed: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -187,10 +184,7 @@ def bench_export(
     log(f"{name}: quantizing with onnxruntime ({len(calib)} samples)")
     target = folder / f"{name}.ort.onnx"
     variants["onnxruntime"] = (target, theirs(source, target, calib))
-    return [
-        _measure_variant(name, variant, path, seconds, source, feed, runs, log)
-        for variant, (path, seconds) in variants.items()
-    ]
+    return _measure_variants(name, variants, source, feed, runs, log)
 
 
 def bench_int4(folder: Path, runs: int, log: Callable[[str], None]) -> list[Row]:
@@ -199,18 +193,33 @@ def bench_int4(folder: Path, runs: int, log: Callable[[str], None]) -> list[Row]
     target = folder / "bert-base.int4.onnx"
     log("bert-base: int4 weight-only with onnxslim")
     seconds = ours(source, target, None, 1, "weights=int4, activations=none, block_size=32")
-    label = "bert-base int4 weight-only"
+    variants = {"fp32": (source, None), "onnxslim": (target, seconds)}
+    return _measure_variants("bert-base int4 weight-only", variants, source, feed, runs, log)
+
+
+def _measure_variants(
+    model: str,
+    variants: dict[str, tuple[Path, float | None]],
+    source: Path,
+    feed: dict[str, np.ndarray],
+    runs: int,
+    log: Callable[[str], None],
+) -> list[Row]:
+    """Cosine with the float model and batch-1 latency (interleaved rounds) of each variant."""
+    log(f"{model}: measuring {', '.join(variants)} (interleaved rounds)")
+    paths = [path for path, _ in variants.values()]
+    latencies = interleaved_latency(paths, {"b1": feed}, runs=runs)
     return [
-        _measure_variant(label, "fp32", source, None, source, feed, runs, log),
-        _measure_variant(label, "onnxslim", target, seconds, source, feed, runs, log),
+        Row(
+            model,
+            variant,
+            _size_mb(path),
+            latency,
+            cosine=output_cosine(source, path, feed),
+            quantize_s=seconds,
+        )
+        for (variant, (path, seconds)), latency in zip(variants.items(), latencies, strict=True)
     ]
-
-
-def _measure_variant(model, variant, path, seconds, source, feed, runs, log) -> Row:
-    log(f"{model}: measuring {variant}")
-    cosine = output_cosine(source, path, feed)
-    latency = {"b1": latency_ms(path, feed, runs=runs, warmup=2)}
-    return Row(model, variant, _size_mb(path), latency, cosine=cosine, quantize_s=seconds)
 
 
 # ------------------------------------------------------------------------------ memory

@@ -10,6 +10,9 @@ kernels, so that the Q/DQ pairs cost nothing and the integer math pays:
   (no requantization; TensorRT requires it to fuse).
 * A ReLU right after a layer is not given its own Q/DQ: the Q goes after the ReLU, whose
   clipping the Q's zero point then performs (onnxruntime removes the ReLU).
+* Add and Mul with a constant operand (a MatMul's bias, GELU's ``* 0.5``) store the constant
+  in the activations' integer type, per tensor, so that they too become QLinearAdd and
+  QLinearMul instead of a DequantizeLinear, a float op and a QuantizeLinear.
 * Data-movement ops (Reshape, Transpose, Flatten, Squeeze, Unsqueeze, MaxPool) after a
   quantized tensor get a Q/DQ with *the same* scale and zero point, which lets onnxruntime run
   them on the integers (it drops ``DQ -> op -> Q`` pairs whose parameters agree).
@@ -70,6 +73,7 @@ DEFAULT_OPS = (
     "MatMul",
     "Gather",
     "Add",
+    "Mul",
     "Concat",
     "MaxPool",
     "AveragePool",
@@ -99,6 +103,7 @@ class Layer:
     block_axis: int | None = None
     bias: int | None = None
     activations: list[int] = field(default_factory=list)
+    operand: bool = False  # the weight is an elementwise operand, stored like an activation
 
 
 @dataclass(frozen=True)
@@ -166,8 +171,13 @@ def _layer_of(node: gs.Node, static: bool) -> Layer | None:
         return Layer(key, node, 0, None if static else axis, rank - 1, None, [])
     if not static or not _is_float_variable(node.outputs[0]):
         return None
-    if op in ("Add", "Concat") and float_inputs and len(float_inputs) == len(node.inputs):
+    if op in ("Add", "Mul", "Concat") and float_inputs and len(float_inputs) == len(node.inputs):
         return Layer(key, node, activations=float_inputs)
+    if op in ("Add", "Mul") and len(node.inputs) == 2 and len(float_inputs) == 1:
+        index = 1 - float_inputs[0]
+        operand = node.inputs[index]
+        if _float_constant(operand) and np.isfinite(read_constant(operand)).all():
+            return Layer(key, node, index, activations=float_inputs, operand=True)
     pools = ("MaxPool", "AveragePool", "GlobalAveragePool")
     if op in pools and float_inputs == [0] and len(node.outputs) == 1:
         return Layer(key, node, activations=[0])
@@ -407,16 +417,20 @@ def insert_qdq(
     dequantized: dict[tuple, gs.Variable] = {}
     results, with_weights = [], []
     static = bool(marks)
+    operand_config = _operand_config(activation_params)
     for layer in layers:
         node = layer.node
         sqnr = None
-        if layer.weight is not None:
+        layer_config = operand_config if layer.operand else config
+        if layer.weight is not None and layer_config is not None:
             constant = node.inputs[layer.weight]
             axis = layer.axis if not (static and node.op == "Gather") else None
-            weight = cache.get(constant, config, axis, layer.block_axis)
+            weight = cache.get(constant, layer_config, axis, layer.block_axis)
             key = (constant.name, id(weight))
             if key not in dequantized:
-                q = builder.constant(f"{constant.name}_quantized", weight.values, config.qtype)
+                q = builder.constant(
+                    f"{constant.name}_quantized", weight.values, layer_config.qtype
+                )
                 dequantized[key] = builder.dequantized(constant.name, q, weight.params, constant)
             node.inputs[layer.weight] = dequantized[key]
             weight_params[constant.name] = weight.params
@@ -446,6 +460,13 @@ def insert_qdq(
     graph.nodes.extend(builder.nodes)
     graph.toposort()
     return results
+
+
+def _operand_config(activation_params: dict[str, QuantParams]) -> WeightConfig | None:
+    """Constant operands of Add/Mul take the activations' type (integer kernels want both
+    inputs alike), per tensor; None when no activation is quantized."""
+    qtype = next((params.qtype for params in activation_params.values()), None)
+    return WeightConfig(qtype, per_channel=False) if qtype is not None else None
 
 
 def _quantize_bias(

@@ -215,6 +215,39 @@ def test_matmul_chain_runs_as_qlinear_matmul(tmp_path: Path) -> None:
     assert _cosine(run_model(model, feeds)[0], run_model(proto, feeds)[0]) > 0.999
 
 
+def test_transformer_style_bias_add_and_gelu_muls_run_on_integers(tmp_path: Path) -> None:
+    """3-D MatMul + bias Add (not a Gemm), and GELU's products: x * 0.5 * (1 + erf(...))."""
+    weights = {
+        "w0": _normal((16, 32), 0),
+        "b0": _normal((32,), 1),
+        "half": np.array(0.5, np.float32),
+        "w1": _normal((32, 8), 2),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h"]),
+        helper.make_node("Add", ["h", "b0"], ["hb"]),
+        helper.make_node("Sigmoid", ["hb"], ["gate"]),
+        helper.make_node("Mul", ["hb", "gate"], ["act"]),
+        helper.make_node("Mul", ["act", "half"], ["scaled"]),
+        helper.make_node("MatMul", ["scaled", "w1"], ["y"]),
+    ]
+    model = make_model(
+        nodes,
+        [tensor_info("x", FLOAT, ["N", 4, 16])],
+        [tensor_info("y", FLOAT, ["N", 4, 8])],
+        weights,
+    )
+    proto, _ = _quantized(model, calib=_calib_file(tmp_path, "x", (1, 4, 16), count=40))
+    fused = _fused_ops(proto, tmp_path)
+    assert fused["QLinearAdd"] == 1 and fused["QLinearMul"] == 2
+    assert "Add" not in fused and "Mul" not in fused
+    add = next(node for node in proto.graph.node if node.op_type == "Add")
+    bias = _initializers(proto)[_producer(proto, add.input[1]).input[0]]
+    assert bias.data_type == onnx.TensorProto.UINT8  # the activations' type, for QLinearAdd
+    feeds = {"x": np.abs(_normal((8, 4, 16), 12))}  # distributed like the calibration data
+    assert _cosine(run_model(model, feeds)[0], run_model(proto, feeds)[0]) > 0.999
+
+
 def test_gemm_bias_is_int32_with_input_scale_times_weight_scale(tmp_path: Path) -> None:
     proto, _ = _quantized(_conv_net(), calib=_calib_file(tmp_path, "x", (1, 3, 8, 8)))
     initializers = _initializers(proto)
