@@ -14,35 +14,16 @@ import typer
 from onnxslim.cli.shell import (
     DebugOption,
     JsonOption,
+    ModelArgument,
+    OutputOption,
     QuietOption,
     app,
     guarded,
+    pass_spec,
     run_optimize,
 )
 
 __all__ = ["convert", "float16", "sparsify", "cluster"]
-
-ModelArgument = Annotated[Path, typer.Argument(help="The ONNX model (never modified).")]
-OutputOption = Annotated[
-    Path | None,
-    typer.Option("--output", "-o", help="Where to write the result [default: MODEL.<kind>.onnx]."),
-]
-
-
-def _spec(name: str, **options: object) -> str:
-    """``name(key=value, ...)`` for the options that are set; paths and lists quoted."""
-    items = []
-    for key, value in options.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            value = str(value).lower()
-        elif isinstance(value, list):
-            value = "'" + "|".join(value) + "'"
-        elif isinstance(value, Path):
-            value = f"'{value}'"
-        items.append(f"{key}={value}")
-    return f"{name}({', '.join(items)})" if items else name
 
 
 def _run(model: Path, output: Path | None, kind: str, spec: str, as_json: bool, quiet: bool):
@@ -68,7 +49,7 @@ def convert(
     debug: DebugOption = False,
 ) -> None:
     """Move MODEL to another opset and/or IR version (for older runtimes)."""
-    spec = _spec("convert-opset", target=opset, ir_version=ir_version)
+    spec = pass_spec("convert-opset", target=opset, ir_version=ir_version)
     guarded(debug, lambda: _run(model, output, "converted", spec, as_json, quiet))
 
 
@@ -97,7 +78,7 @@ def float16(
     """Convert MODEL's weights and compute to float16 (or bfloat16)."""
     from onnxslim.passes.float16 import DEFAULT_BLOCK_LIST
 
-    spec = _spec(
+    spec = pass_spec(
         "float16",
         dtype="bfloat16" if bfloat16 else None,
         keep_io_types=None if keep_io_types else False,
@@ -134,7 +115,7 @@ def sparsify(
     debug: DebugOption = False,
 ) -> None:
     """Zero MODEL's smallest weights (unstructured magnitude pruning)."""
-    spec = _spec(
+    spec = pass_spec(
         "prune-weights",
         sparsity=sparsity if sparsity is not None or threshold is not None else 0.5,
         threshold=threshold,
@@ -161,5 +142,7 @@ def cluster(
     debug: DebugOption = False,
 ) -> None:
     """Cluster MODEL's weights into 2^bits centroids (k-means weight clustering)."""
-    spec = _spec("cluster-weights", bits=bits, per_channel=per_channel or None, fold=fold or None)
+    spec = pass_spec(
+        "cluster-weights", bits=bits, per_channel=per_channel or None, fold=fold or None
+    )
     guarded(debug, lambda: _run(model, output, "clustered", spec, as_json, quiet))

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from onnxslim.cli.shell import DebugOption, JsonOption, QuietOption, app, guarded, run_optimize
+from onnxslim.cli.shell import (
+    DebugOption,
+    JsonOption,
+    QuietOption,
+    app,
+    guarded,
+    pass_spec,
+    run_optimize,
+)
 
 __all__ = ["prune", "prune_spec"]
 
@@ -26,18 +34,17 @@ def prune_spec(
     among others folds the BatchNormalizations that ``bn-scale`` scored."""
     from onnxslim.registry import DEFAULT_PIPELINE
 
-    options = [
-        f"ratio={ratio}",
-        f"criterion={criterion}",
-        f"global_ranking={str(global_ranking).lower()}",
-        f"round_to={round_to}",
-        f"min_channels={min_channels}",
-    ]
-    if exclude:
-        options.append(f"exclude='{'|'.join(exclude)}'")
-    if calib is not None:
-        options.append(f"calib='{calib}'")
-    return f"fold-constants,prune-channels({', '.join(options)}),{DEFAULT_PIPELINE}"
+    pruning = pass_spec(
+        "prune-channels",
+        ratio=ratio,
+        criterion=criterion,
+        global_ranking=global_ranking,
+        round_to=round_to,
+        min_channels=min_channels,
+        exclude=list(exclude or []),
+        calib=calib,
+    )
+    return f"fold-constants,{pruning},{DEFAULT_PIPELINE}"
 
 
 @app.command()

@@ -14,26 +14,17 @@ from typing import Annotated
 
 import typer
 
-from onnxslim.cli.shell import DebugOption, JsonOption, QuietOption, app, guarded, run_optimize
+from onnxslim.cli.shell import (
+    DebugOption,
+    JsonOption,
+    QuietOption,
+    app,
+    guarded,
+    pass_spec,
+    run_optimize,
+)
 
-__all__ = ["quantize", "quantize_spec"]
-
-
-def quantize_spec(**options: object) -> str:
-    """``quantize(key=value, ...)`` for the options that are set (paths quoted, lists joined
-    with ``|``)."""
-    items = []
-    for key, value in options.items():
-        if value is None or value == []:
-            continue
-        if isinstance(value, bool):
-            value = str(value).lower()
-        elif isinstance(value, list):
-            value = "'" + "|".join(value) + "'"
-        elif isinstance(value, Path):
-            value = f"'{value}'"
-        items.append(f"{key}={value}")
-    return f"quantize({', '.join(items)})" if items else "quantize"
+__all__ = ["quantize"]
 
 
 @app.command()
@@ -89,7 +80,8 @@ def quantize(
     """Quantize MODEL to integers with Q/DQ pairs that onnxruntime runs as integer kernels."""
 
     def action() -> int:
-        spec = quantize_spec(
+        spec = pass_spec(
+            "quantize",
             weights=weights,
             activations=activations,
             calibration=calibration,

@@ -25,6 +25,9 @@ __all__ = [
     "validation_options",
     "status_spinner",
     "run_optimize",
+    "pass_spec",
+    "ModelArgument",
+    "OutputOption",
 ]
 
 EXIT_MISMATCH = 1
@@ -68,6 +71,11 @@ AtolOption = Annotated[float, typer.Option("--atol", help="Absolute tolerance.")
 RtolOption = Annotated[float, typer.Option("--rtol", help="Relative tolerance.")]
 MinCosineOption = Annotated[
     float | None, typer.Option("--min-cosine", help="Minimum cosine similarity per output.")
+]
+ModelArgument = Annotated[Path, typer.Argument(help="The ONNX model (never modified).")]
+OutputOption = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Where to write the result (default: MODEL.<kind>.onnx)."),
 ]
 Tf32Option = Annotated[
     bool, typer.Option("--tf32", help="Allow TF32 on CUDA (faster, ~1e-3 deviation).")
@@ -169,3 +177,20 @@ def run_optimize(
         )
     emit(report, as_json, quiet, render_optimize)
     return 0 if report.written else EXIT_MISMATCH
+
+
+def pass_spec(name: str, **options: object) -> str:
+    """``name(key=value, ...)`` for the options that are set (not None, not empty): what a
+    command that runs one pass hands to the pipeline. Paths are quoted, lists joined by ``|``."""
+    items = []
+    for key, value in options.items():
+        if value is None or value == []:
+            continue
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, list | tuple):
+            value = "'" + "|".join(value) + "'"
+        elif isinstance(value, Path):
+            value = f"'{value}'"
+        items.append(f"{key}={value}")
+    return f"{name}({', '.join(items)})" if items else name
