@@ -20,20 +20,10 @@ from onnxslim.cli.shell import (
     app,
     guarded,
     pass_spec,
-    run_optimize,
+    run_spec,
 )
 
 __all__ = ["convert", "float16", "sparsify", "cluster"]
-
-
-def _run(model: Path, output: Path | None, kind: str, spec: str, as_json: bool, quiet: bool):
-    return run_optimize(
-        model,
-        output or model.with_name(f"{model.stem}.{kind}.onnx"),
-        as_json=as_json,
-        quiet=quiet,
-        passes=spec,
-    )
 
 
 @app.command()
@@ -50,7 +40,7 @@ def convert(
 ) -> None:
     """Move MODEL to another opset and/or IR version (for older runtimes)."""
     spec = pass_spec("convert-opset", target=opset, ir_version=ir_version)
-    guarded(debug, lambda: _run(model, output, "converted", spec, as_json, quiet))
+    guarded(debug, lambda: run_spec(model, output, "converted", spec, as_json=as_json, quiet=quiet))
 
 
 @app.command()
@@ -87,7 +77,7 @@ def float16(
         calib=calib,
     )
     kind = "bfloat16" if bfloat16 else "float16"
-    guarded(debug, lambda: _run(model, output, kind, spec, as_json, quiet))
+    guarded(debug, lambda: run_spec(model, output, kind, spec, as_json=as_json, quiet=quiet))
 
 
 @app.command()
@@ -123,7 +113,7 @@ def sparsify(
         sparse_storage=sparse_storage or None,
         sparse_format=sparse_format,
     )
-    guarded(debug, lambda: _run(model, output, "sparse", spec, as_json, quiet))
+    guarded(debug, lambda: run_spec(model, output, "sparse", spec, as_json=as_json, quiet=quiet))
 
 
 @app.command()
@@ -145,4 +135,4 @@ def cluster(
     spec = pass_spec(
         "cluster-weights", bits=bits, per_channel=per_channel or None, fold=fold or None
     )
-    guarded(debug, lambda: _run(model, output, "clustered", spec, as_json, quiet))
+    guarded(debug, lambda: run_spec(model, output, "clustered", spec, as_json=as_json, quiet=quiet))

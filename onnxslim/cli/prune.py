@@ -14,7 +14,7 @@ from onnxslim.cli.shell import (
     app,
     guarded,
     pass_spec,
-    run_optimize,
+    run_spec,
 )
 
 __all__ = ["prune", "prune_spec"]
@@ -85,12 +85,6 @@ def prune(
 
     def action() -> int:
         spec = prune_spec(ratio, criterion, global_ranking, round_to, min_channels, exclude, calib)
-        return run_optimize(
-            model,
-            output or model.with_name(f"{model.stem}.pruned.onnx"),
-            as_json=as_json,
-            quiet=quiet,
-            passes=spec,
-        )
+        return run_spec(model, output, "pruned", spec, as_json=as_json, quiet=quiet)
 
     guarded(debug, action)

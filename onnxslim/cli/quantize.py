@@ -21,7 +21,7 @@ from onnxslim.cli.shell import (
     app,
     guarded,
     pass_spec,
-    run_optimize,
+    run_spec,
 )
 
 __all__ = ["quantize"]
@@ -95,12 +95,6 @@ def quantize(
             block_size=block_size,
             target_cosine=target_cosine,
         )
-        return run_optimize(
-            model,
-            output or model.with_name(f"{model.stem}.{weights}.onnx"),
-            as_json=as_json,
-            quiet=quiet,
-            passes=spec,
-        )
+        return run_spec(model, output, weights, spec, as_json=as_json, quiet=quiet)
 
     guarded(debug, action)

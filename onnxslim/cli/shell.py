@@ -26,6 +26,7 @@ __all__ = [
     "status_spinner",
     "run_optimize",
     "pass_spec",
+    "run_spec",
     "ModelArgument",
     "OutputOption",
 ]
@@ -194,3 +195,11 @@ def pass_spec(name: str, **options: object) -> str:
             value = f"'{value}'"
         items.append(f"{key}={value}")
     return f"{name}({', '.join(items)})" if items else name
+
+
+def run_spec(
+    model: Path, output: Path | None, kind: str, spec: str, *, as_json: bool, quiet: bool
+) -> int:
+    """Run a single-pass command's ``spec``; the output defaults to ``MODEL.<kind>.onnx``."""
+    target = output or model.with_name(f"{model.stem}.{kind}.onnx")
+    return run_optimize(model, target, as_json=as_json, quiet=quiet, passes=spec)
