@@ -67,12 +67,14 @@ class TensorStats:
     minimum: float = float("inf")
     maximum: float = float("-inf")
     count: int = 0
+    empty: int = 0  # batches in which the tensor held no values (a data-dependent size)
     bound: float = 0.0
     histogram: np.ndarray | None = field(default=None, repr=False)
 
     def update(self, values: np.ndarray) -> None:
         values = np.asarray(values)
         if values.size == 0:
+            self.empty += 1
             return
         low, high = float(values.min()), float(values.max())
         finite = values

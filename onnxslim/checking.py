@@ -12,7 +12,7 @@ import onnx
 from onnxslim.errors import InvalidModelError
 from onnxslim.model import Model, stub_proto
 
-__all__ = ["check_model"]
+__all__ = ["check_model", "is_valid"]
 
 
 def check_model(model: Model, *, full: bool = True) -> None:
@@ -26,6 +26,15 @@ def check_model(model: Model, *, full: bool = True) -> None:
         onnx.checker.check_model(proto, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise InvalidModelError(f"onnx.checker rejects the model: {_first_line(exc)}") from exc
+
+
+def is_valid(model: Model, *, full: bool = True) -> bool:
+    """Whether onnx.checker accepts the model (with strict shape inference when ``full``)."""
+    try:
+        check_model(model, full=full)
+    except InvalidModelError:
+        return False
+    return True
 
 
 def _first_line(exc: Exception) -> str:

@@ -182,7 +182,9 @@ def id_ranges(model: onnx.ModelProto | str | os.PathLike | bytes) -> dict[str, I
     An input that indexes (possibly through Cast/Reshape/Unsqueeze/Squeeze/Flatten) a Gather on
     an initializer of size V along the gathered axis gets ``[0, V)``. By name, masks and token
     types get ``{0, 1}`` and positions ``0..L-1`` along the last axis (all kept below V);
-    anything else gets ``[0, 10)``.
+    anything else gets ``[1, 10)``: an integer the graph does not index with is most often a
+    size, a count or an axis, and a zero there makes empty tensors or divisions by zero (which
+    crash some onnxruntime kernels, e.g. Col2Im in 1.19).
     """
     proto = _as_proto(model)
     ranges = {}
@@ -198,11 +200,13 @@ def id_ranges(model: onnx.ModelProto | str | os.PathLike | bytes) -> dict[str, I
         elif positional:
             by_name = int(np.iinfo(dtype).max)
         bound = _gather_bound(proto.graph, value.name)
+        low = 0
         if by_name is None:
             high = _DEFAULT_ID_HIGH if bound is None else bound
+            low = 1 if bound is None else 0
         else:
             high = by_name if bound is None else min(by_name, bound)
-        ranges[value.name] = IdRange(0, high, positional)
+        ranges[value.name] = IdRange(low, high, positional)
     return ranges
 
 
@@ -315,7 +319,7 @@ def _sample(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator) -
         return rng.standard_normal(shape).astype(dtype)
     if dtype == np.bool_:
         return rng.integers(0, 2, size=shape).astype(np.bool_)
-    id_range = spec.id_range or IdRange(0, _DEFAULT_ID_HIGH)
+    id_range = spec.id_range or IdRange(1, _DEFAULT_ID_HIGH)  # see id_ranges
     high = min(id_range.high, int(np.iinfo(dtype).max) + 1)
     if id_range.positional:
         positions = np.arange(shape[-1]) % high if shape else 0

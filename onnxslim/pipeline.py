@@ -29,9 +29,15 @@ from typing import Any, ClassVar
 
 import onnx_graphsurgeon as gs
 
-from onnxslim.checking import check_model
-from onnxslim.errors import OnnxSlimError, PassError, VerificationError
-from onnxslim.model import Model, save
+from onnxslim.checking import check_model, is_valid
+from onnxslim.errors import (
+    InputDataError,
+    OnnxSlimError,
+    PassError,
+    PipelineSpecError,
+    VerificationError,
+)
+from onnxslim.model import Model, iter_graphs, save
 from onnxslim.validate import validate
 
 __all__ = [
@@ -41,6 +47,7 @@ __all__ = [
     "FixedPoint",
     "Step",
     "flatten_steps",
+    "keep_if_valid",
     "PassManager",
     "OptionSpec",
     "PassTable",
@@ -188,6 +195,45 @@ class FixedPoint:
 
 
 Step = Pass | FixedPoint
+
+
+def keep_if_valid(ctx: PassContext, rewrite: Callable[[], bool], what: str) -> bool:
+    """Run ``rewrite`` (which edits ``ctx.model.graph`` in place) and keep its result only if
+    onnx.checker accepts it, strictly when the model passed the strict check before.
+
+    A rewrite that raises, or leaves a model the checker rejects, is undone: the graph is
+    restored and ``ctx`` notes why, so a pass that cannot handle a model leaves it untouched
+    instead of breaking it. Errors in what the user gave (``PipelineSpecError``,
+    ``InputDataError``) still propagate.
+    """
+    graph = ctx.model.graph
+    strict = is_valid(ctx.model, full=True)
+    saved = _copy_graph(graph)
+    try:
+        changed = bool(rewrite())
+        if changed:
+            graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True).toposort()
+            check_model(ctx.model, full=strict)
+        return changed
+    except (PipelineSpecError, InputDataError):
+        raise
+    except Exception as exc:
+        graph.nodes, graph.inputs, graph.outputs = saved.nodes, saved.inputs, saved.outputs
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        ctx.log(f"{what} left the model untouched: {reason[:300]}")
+        return False
+
+
+def _copy_graph(graph: gs.Graph) -> gs.Graph:
+    """``graph.copy()``, keeping what gs's copy drops: whether a value is a tensor, a sequence
+    or another kind (``Variable.type``)."""
+    copy = graph.copy()
+    for original, copied in zip(iter_graphs(graph), iter_graphs(copy), strict=True):
+        kinds = {name: t.type for name, t in original.tensors().items() if hasattr(t, "type")}
+        for name, tensor in copied.tensors().items():
+            if name in kinds:
+                tensor.type = kinds[name]
+    return copy
 
 
 def flatten_steps(steps: Sequence[Step]) -> Iterator[Pass]:

@@ -35,7 +35,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnxslim.errors import PipelineSpecError
 from onnxslim.inputs import input_specs, load_inputs, synthesize_inputs
 from onnxslim.model import PROTOBUF_LIMIT, Model, iter_graphs, read_constant, stub_proto, to_proto
-from onnxslim.pipeline import Pass, PassContext
+from onnxslim.pipeline import Pass, PassContext, keep_if_valid
 from onnxslim.registry import register_pass
 from onnxslim.rewrite import STANDARD_DOMAINS, describe_nodes, element_type, fresh_name
 from onnxslim.runtime import require_onnxruntime
@@ -205,6 +205,9 @@ class Float16(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         if self.samples < 1 or self.overflow_limit <= 0:
             raise PipelineSpecError("float16: samples and overflow_limit must be positive")
+        return keep_if_valid(ctx, lambda: self._convert(graph, ctx), self.dtype)
+
+    def _convert(self, graph: gs.Graph, ctx: PassContext) -> bool:
         low_type = TensorProto.FLOAT16 if self.dtype == "float16" else TensorProto.BFLOAT16
         types = _value_types(ctx.model)
         plan = _Plan(graph, types, low_type)
@@ -213,9 +216,7 @@ class Float16(Pass):
         if self.dtype == "float16":
             # Weights beyond float16's range would become infinities: never convert those.
             hot = _overflowing(plan, {}, FLOAT16_MAX)
-            peaks = (
-                _peak_magnitudes(ctx.model, plan, self.calib, self.samples) if self.guard else {}
-            )
+            peaks = self._peaks(ctx, plan) if self.guard else {}
             if peaks is None:
                 ctx.log("overflow guard skipped (model over 2 GiB): only weights were checked")
             else:
@@ -233,6 +234,23 @@ class Float16(Pass):
             f"{casts} Cast nodes inserted"
         )
         return True
+
+    def _peaks(self, ctx: PassContext, plan: _Plan) -> dict[str, float] | None:
+        """Peak magnitudes on the calibration data. Synthesized inputs that the model cannot
+        run on (strings, sizes it rejects) make the guard impossible, not the user wrong."""
+        try:
+            return _peak_magnitudes(ctx.model, plan, self.calib, self.samples)
+        except Exception as exc:
+            if self.calib is not None:
+                raise
+            raise _GuardFailed(
+                f"the overflow guard cannot run the model on synthesized inputs ({exc}); "
+                "give calib= data, or guard=false"
+            ) from exc
+
+
+class _GuardFailed(RuntimeError):
+    """The overflow guard could not run the model on synthesized inputs."""
 
 
 @functools.cache

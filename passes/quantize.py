@@ -39,7 +39,7 @@ from onnxslim.calibration import (
     calibration_samples,
     expose_tensors,
 )
-from onnxslim.errors import OnnxSlimError, PipelineSpecError
+from onnxslim.errors import InputDataError, InvalidModelError, OnnxSlimError, PipelineSpecError
 from onnxslim.inputs import input_specs
 from onnxslim.model import to_proto
 from onnxslim.pipeline import Pass, PassContext
@@ -134,17 +134,27 @@ class Quantize(Pass):
             return fused
 
         float_model = to_proto(ctx.model)
-        samples = self._samples(float_model, ctx, needed=static or self.target_cosine is not None)
-        params: dict[str, QuantParams] = {}
-        if static:
-            params = self._calibrate(float_model, graph, layers, samples, activation_type, ctx)
+        keys = [layer.key for layer in layers]
+        try:
+            samples = self._samples(
+                float_model, ctx, needed=static or self.target_cosine is not None
+            )
+            params: dict[str, QuantParams] = {}
+            if static:
+                params = self._calibrate(float_model, graph, layers, samples, activation_type, ctx)
+            evaluator = _Evaluator(float_model, samples[:_GUARD_SAMPLES], keys) if samples else None
+        except (InputDataError, InvalidModelError) as exc:
+            if self.calib is not None:
+                raise
+            ctx.log(
+                "left float: the model cannot run on synthesized calibration inputs "
+                f"({exc}); give calib= data"
+            )
+            set_opset(graph, ctx.model, *before)
+            return fused
         builder = _Builds(
             graph, ctx, self, WeightConfig(weight_type, self.per_channel, self.block_size), params
         )
-        keys = [layer.key for layer in layers]
-        evaluator = None
-        if samples:
-            evaluator = _Evaluator(float_model, samples[:_GUARD_SAMPLES], keys)
 
         kept_float: list[str] = []
         if self.target_cosine is not None:
@@ -158,6 +168,10 @@ class Quantize(Pass):
                 cosine, output_sqnr = evaluator.compare(final)
         except OnnxSlimError as exc:
             ctx.log(f"the quantized model does not load in onnxruntime, left float: {exc}")
+            set_opset(graph, ctx.model, *before)
+            return fused
+        except _ShapesChanged as exc:
+            ctx.log(f"quantizing changes what the model computes, left float: {exc}")
             set_opset(graph, ctx.model, *before)
             return fused
         builder.commit()
@@ -220,7 +234,16 @@ class Quantize(Pass):
                 f"{len(sentinel)} tensor(s) reach beyond +-{_SENTINEL:g} (mask values, not "
                 f"activations) and stay float: {', '.join(sentinel[:5])}"
             )
-        return {name: self._params(stats[name], qtype) for name in names if name not in sentinel}
+        # Empty in some sample: a data-dependent size, and onnxruntime's integer kernels crash
+        # (segfault) on empty tensors.
+        unseen = [n for n in names if stats[n].count == 0 or stats[n].empty]
+        if unseen:
+            ctx.log(
+                f"{len(unseen)} tensor(s) were empty on some calibration data and stay float: "
+                f"{', '.join(unseen[:5])}"
+            )
+        skipped = set(sentinel) | set(unseen)
+        return {name: self._params(stats[name], qtype) for name in names if name not in skipped}
 
     def _params(self, stats: TensorStats, qtype: QuantType) -> QuantParams:
         low, high = stats.range(self.calibration, self.percentile)
@@ -335,6 +358,10 @@ class _Builds:
         self.graph.outputs = self.last.outputs
 
 
+class _ShapesChanged(Exception):
+    """The quantized model computes outputs of other shapes than the float one."""
+
+
 class _Evaluator:
     """Compares quantized variants with the float model on a few calibration samples.
 
@@ -361,13 +388,24 @@ class _Evaluator:
         """The output cosine, and the SQNR of each layer's output (the tensor named by its
         key) against the float model's: the error accumulated up to that layer."""
         results = self._run(expose_tensors(model, self.keys))
+        for reference, result in zip(self.reference, results, strict=True):
+            changed = [n for n in self.outputs if reference[n].shape != result[n].shape]
+            if changed:
+                raise _ShapesChanged(
+                    f"output '{changed[0]}' has shape {list(result[changed[0]].shape)} instead "
+                    f"of {list(reference[changed[0]].shape)} (a quantized value sets a size)"
+                )
         sqnr = {
             key: sqnr_db(
                 np.concatenate([r[key].ravel() for r in self.reference]),
                 np.concatenate([r[key].ravel() for r in results]),
             )
             for key in self.keys
-            if key in results[0] and key in self.reference[0]
+            if key in results[0]
+            and key in self.reference[0]
+            and all(
+                r[key].shape == q[key].shape for r, q in zip(self.reference, results, strict=True)
+            )
         }
         return self._worst_cosine(results), sqnr
 

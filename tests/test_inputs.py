@@ -109,8 +109,8 @@ def test_gather_bound_follows_reshapes_and_uses_the_gathered_axis(build_model):
     assert id_ranges(model)["ids"] == IdRange(0, 7)
 
 
-def test_other_integer_inputs_range_over_zero_to_ten(symbolic_dims_model):
-    assert id_ranges(symbolic_dims_model) == {"count": IdRange(0, 10)}
+def test_other_integer_inputs_range_over_one_to_ten_so_that_no_size_is_zero(symbolic_dims_model):
+    assert id_ranges(symbolic_dims_model) == {"count": IdRange(1, 10)}
 
 
 # ----------------------------------------------------------------------------- shapes

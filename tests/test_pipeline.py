@@ -181,3 +181,34 @@ def test_a_pass_table_lands_in_its_record_and_renders():
     render_pass_table(table, console)
     text = console.export_text()
     assert "per layer" in text and "31.5" in text and "conv" in text
+
+
+def test_keep_if_valid_undoes_a_rewrite_that_breaks_the_model():
+    from onnxslim.pipeline import keep_if_valid
+
+    model = _relu_chain()
+    ctx = PassContext(model=model)
+
+    def break_it() -> bool:
+        relu = next(n for n in model.graph.nodes if n.op == "Relu")
+        relu.op = "NoSuchOp"
+        return True
+
+    assert keep_if_valid(ctx, break_it, "breaker") is False
+    assert [n.op for n in model.graph.nodes] == ["Identity", "Relu", "Add"]
+    assert ctx.notes and ctx.notes[0].startswith("breaker left the model untouched")
+
+
+def test_keep_if_valid_keeps_a_valid_rewrite():
+    from onnxslim.pipeline import keep_if_valid
+
+    model = _relu_chain()
+    ctx = PassContext(model=model)
+
+    def drop_identity() -> bool:
+        identity = next(n for n in model.graph.nodes if n.op == "Identity")
+        identity.outputs[0].outputs[0].inputs[0] = identity.inputs[0]
+        return True
+
+    assert keep_if_valid(ctx, drop_identity, "dropper") is True
+    assert [n.op for n in model.graph.nodes] == ["Relu", "Add"]
