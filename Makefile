@@ -6,6 +6,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 TRAIN_VENV := .venv-train
 DEMO_OUT ?= $(or $(TMPDIR),/tmp)/onnxslim-demo.onnx
+DEMO_INT8 ?= $(or $(TMPDIR),/tmp)/onnxslim-demo-digits.int8.onnx
 
 .PHONY: demo test test-main test-train lint fixtures clean
 
@@ -24,6 +25,7 @@ $(TRAIN_VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/onnxslim inspect fixtures/tiny_cnn.onnx
 	$(VENV)/bin/onnxslim optimize fixtures/tiny_cnn.onnx -o $(DEMO_OUT) --validate --samples 4
+	$(VENV)/bin/onnxslim quantize fixtures/digits_cnn.onnx --calib fixtures/digits_calib.npz -o $(DEMO_INT8)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
