@@ -353,15 +353,35 @@ def check_case(case_dir: str) -> CaseResult:
         )
 
 
-def _check(directory: Path, name: str) -> CaseResult:
+@dataclass
+class Case:
+    """One backend test model, its recorded data, and what onnxruntime gives for it."""
+
+    model_path: Path
+    proto: onnx.ModelProto
+    data_sets: list[DataSet]
+    raw_outputs: list[str | None]
+    reference: list[list[object]]
+
+
+def load_case(directory: Path) -> Case:
+    """The case in ``directory``, run once by onnxruntime (which raises one of ORT_ERRORS when
+    it cannot run the original)."""
     model_path = directory / "model.onnx"
     proto = onnx.load(str(model_path))
     data_sets = _read_data_sets(directory, proto)
     raw_outputs = [_raw_type(o.type) for o in proto.graph.output]
+    reference = _run_all(proto, data_sets, raw_outputs)
+    return Case(model_path, proto, data_sets, raw_outputs, reference)
+
+
+def _check(directory: Path, name: str) -> CaseResult:
     try:
-        reference = _run_all(proto, data_sets, raw_outputs)
+        case = load_case(directory)
     except ORT_ERRORS as exc:
         return CaseResult(name, "skipped", SKIP_NOT_RUNNABLE, ort_error_line(exc))
+    model_path, proto, data_sets = case.model_path, case.proto, case.data_sets
+    raw_outputs, reference = case.raw_outputs, case.reference
 
     model, report = optimize(model_path)
     result = CaseResult(

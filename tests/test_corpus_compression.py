@@ -30,11 +30,11 @@ from test_corpus import (
     ORT_ERRORS,
     _compare,
     _passes_full_check,
-    _raw_type,
     _read_data_sets,
     _run_all,
     _tolerance,
     corpus_dirs,
+    load_case,
     report_lines,
 )
 
@@ -75,15 +75,13 @@ def check_case(case_dir: str) -> CompressionResult:
 
 
 def _check(directory: Path, result: CompressionResult) -> None:
-    model_path = directory / "model.onnx"
-    proto = onnx.load(str(model_path))
-    data_sets = _read_data_sets(directory, proto)
-    raw_outputs = [_raw_type(o.type) for o in proto.graph.output]
     try:
-        reference = _run_all(proto, data_sets, raw_outputs)
+        case = load_case(directory)
     except ORT_ERRORS:
         result.runnable = False
         return
+    model_path, proto, data_sets = case.model_path, case.proto, case.data_sets
+    raw_outputs, reference = case.raw_outputs, case.reference
     strict = _passes_full_check(proto)
     with tempfile.TemporaryDirectory(prefix="onnxslim-corpus-compress-") as scratch:
         for spec in (*SPECS, IDENTITY):
