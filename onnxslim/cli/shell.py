@@ -37,7 +37,7 @@ EXIT_INTERNAL = 3
 
 app = typer.Typer(
     name="onnxslim",
-    help="Optimize, validate and inspect ONNX models.",
+    help="Optimize, compress, validate and inspect ONNX models.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
