@@ -41,7 +41,7 @@ from onnxslim.calibration import (
 )
 from onnxslim.errors import InputDataError, InvalidModelError, OnnxSlimError, PipelineSpecError
 from onnxslim.inputs import input_specs
-from onnxslim.model import to_proto
+from onnxslim.model import read_constant, to_proto
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
 from onnxslim.runtime import create_session, run
@@ -228,7 +228,16 @@ class Quantize(Pass):
         marks = mark_activations(graph, layers)
         names = [name for name, alias in marks.items() if alias is None]
         stats = calibrate(float_model, names, samples, histograms=self.calibration != "minmax")
+        _include_selectable_constants(graph, names, stats)
         sentinel = [n for n in names if max(-stats[n].minimum, stats[n].maximum) > _SENTINEL]
+        # A sum with a sentinel carries it: scores + mask is -3.4e38 wherever the mask is.
+        tensors = graph.tensors()
+        for name in names:
+            producer = tensors[name].inputs[0] if tensors[name].inputs else None
+            carries = producer is not None and producer.op in ("Add", "Sub")
+            if carries and any(t.name in sentinel for t in producer.inputs):
+                sentinel.append(name)
+        sentinel = list(dict.fromkeys(sentinel))
         if sentinel:
             ctx.log(
                 f"{len(sentinel)} tensor(s) reach beyond +-{_SENTINEL:g} (mask values, not "
@@ -356,6 +365,27 @@ class _Builds:
         self.graph.nodes = self.last.nodes
         self.graph.inputs = self.last.inputs
         self.graph.outputs = self.last.outputs
+
+
+def _include_selectable_constants(
+    graph: gs.Graph, names: list[str], stats: dict[str, TensorStats]
+) -> None:
+    """Widen the range of a Where's output by the constants it can select.
+
+    An attention mask is ``Where(padding, -3.4e38, 0)``: calibration data without padding sees
+    only zeros, and the quantized mask would then mask nothing. The constants are values the
+    tensor takes on other data, so they belong to its range (and a sentinel keeps it float).
+    """
+    tensors = graph.tensors()
+    for name in names:
+        producer = tensors[name].inputs[0] if tensors[name].inputs else None
+        if producer is None or producer.op != "Where":
+            continue
+        for branch in producer.inputs[1:]:
+            if branch.inputs and branch.inputs[0].op == "Constant":  # a Constant node's output
+                branch = branch.inputs[0].attrs.get("value")
+            if isinstance(branch, gs.Constant):
+                stats[name].update(np.asarray(read_constant(branch), dtype=np.float64))
 
 
 class _ShapesChanged(Exception):

@@ -248,6 +248,38 @@ def test_transformer_style_bias_add_and_gelu_muls_run_on_integers(tmp_path: Path
     assert _cosine(run_model(model, feeds)[0], run_model(proto, feeds)[0]) > 0.999
 
 
+def test_a_mask_calibrated_without_padding_still_masks(tmp_path: Path) -> None:
+    """Where(keep, 0, -1e9) saw only zeros in calibration (no padding): its range must still
+    include -1e9, so that it stays float and masks the padded positions of other data."""
+    weights = {
+        "w": _normal((8, 8), 0),
+        "zero": np.array(0.0, np.float32),
+        "masked": np.array(-1e9, np.float32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["scores"]),
+        helper.make_node("Where", ["keep", "zero", "masked"], ["mask"]),
+        helper.make_node("Add", ["scores", "mask"], ["masked_scores"]),
+        helper.make_node("Softmax", ["masked_scores"], ["y"], axis=-1),
+    ]
+    model = make_model(
+        nodes,
+        [tensor_info("x", FLOAT, ["N", 8]), tensor_info("keep", onnx.TensorProto.BOOL, ["N", 8])],
+        [tensor_info("y", FLOAT, ["N", 8])],
+        weights,
+    )
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=_normal((32, 1, 8), 3), keep=np.ones((32, 1, 8), bool))
+    proto, record = _quantized(model, calib=calib)
+    keep = np.ones((4, 8), bool)
+    keep[:, 5:] = False
+    feeds = {"x": _normal((4, 8), 4), "keep": keep}
+    expected, got = run_model(model, feeds)[0], run_model(proto, feeds)[0]
+    assert np.abs(got[:, 5:]).max() < 1e-6  # padded positions get no attention
+    assert _cosine(expected, got) > 0.99
+    assert any("stay float" in note for note in record.notes)
+
+
 def test_gemm_bias_is_int32_with_input_scale_times_weight_scale(tmp_path: Path) -> None:
     proto, _ = _quantized(_conv_net(), calib=_calib_file(tmp_path, "x", (1, 3, 8, 8)))
     initializers = _initializers(proto)
