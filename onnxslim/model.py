@@ -38,6 +38,7 @@ from onnxslim.errors import ModelLoadError, ModelSaveError
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 
 __all__ = [
+    "copy_graph",
     "Model",
     "load",
     "save",
@@ -164,6 +165,19 @@ def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
             elif isinstance(value, list) and value and isinstance(value[0], gs.Graph):
                 for subgraph in value:
                     yield from iter_graphs(subgraph)
+
+
+def copy_graph(graph: gs.Graph) -> gs.Graph:
+    """``graph.copy()`` (weights shared, not copied), keeping what gs's copy drops: whether a
+    value is a tensor, a sequence or another kind (``Variable.type``). Passes that rewrite a
+    copy and swap it in would otherwise turn sequence inputs into tensors."""
+    copy = graph.copy()
+    for original, copied in zip(iter_graphs(graph), iter_graphs(copy), strict=True):
+        kinds = {name: t.type for name, t in original.tensors().items() if hasattr(t, "type")}
+        for name, tensor in copied.tensors().items():
+            if name in kinds:
+                tensor.type = kinds[name]
+    return copy
 
 
 def file_bytes(files: Iterable[str | os.PathLike]) -> int | None:

@@ -37,7 +37,7 @@ from onnxslim.errors import (
     PipelineSpecError,
     VerificationError,
 )
-from onnxslim.model import Model, iter_graphs, save
+from onnxslim.model import Model, copy_graph, save
 from onnxslim.validate import validate
 
 __all__ = [
@@ -208,7 +208,7 @@ def keep_if_valid(ctx: PassContext, rewrite: Callable[[], bool], what: str) -> b
     """
     graph = ctx.model.graph
     strict = is_valid(ctx.model, full=True)
-    saved = _copy_graph(graph)
+    saved = copy_graph(graph)
     try:
         changed = bool(rewrite())
         if changed:
@@ -222,18 +222,6 @@ def keep_if_valid(ctx: PassContext, rewrite: Callable[[], bool], what: str) -> b
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         ctx.log(f"{what} left the model untouched: {reason[:300]}")
         return False
-
-
-def _copy_graph(graph: gs.Graph) -> gs.Graph:
-    """``graph.copy()``, keeping what gs's copy drops: whether a value is a tensor, a sequence
-    or another kind (``Variable.type``)."""
-    copy = graph.copy()
-    for original, copied in zip(iter_graphs(graph), iter_graphs(copy), strict=True):
-        kinds = {name: t.type for name, t in original.tensors().items() if hasattr(t, "type")}
-        for name, tensor in copied.tensors().items():
-            if name in kinds:
-                tensor.type = kinds[name]
-    return copy
 
 
 def flatten_steps(steps: Sequence[Step]) -> Iterator[Pass]:

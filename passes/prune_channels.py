@@ -29,7 +29,7 @@ from onnxslim.passes.infer_shapes import InferShapes
 
 from onnxslim.checking import check_model
 from onnxslim.errors import InvalidModelError, PipelineSpecError
-from onnxslim.model import Model, all_constants, stub_proto
+from onnxslim.model import Model, all_constants, copy_graph, stub_proto
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
 from onnxslim.summary import estimate_flops
@@ -74,7 +74,7 @@ class PruneChannels(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         # Work on a copy (weights are shared, not copied): a graph the surgery cannot make
         # valid is dropped whole and the model stays as it was.
-        work = graph.copy()
+        work = copy_graph(graph)
         trial = dataclasses.replace(ctx.model, graph=work)
         infer = functools.partial(InferShapes().run, work, PassContext(model=trial))
         infer()

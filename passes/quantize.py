@@ -41,7 +41,7 @@ from onnxslim.calibration import (
 )
 from onnxslim.errors import InputDataError, InvalidModelError, OnnxSlimError, PipelineSpecError
 from onnxslim.inputs import input_specs
-from onnxslim.model import read_constant, to_proto
+from onnxslim.model import copy_graph, read_constant, to_proto
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
 from onnxslim.runtime import create_session, run
@@ -351,7 +351,7 @@ class _Builds:
         self.last: gs.Graph | None = None
 
     def build(self, keep_float: set[str]) -> tuple[onnx.ModelProto, list[LayerResult]]:
-        copy = self.graph.copy()
+        copy = copy_graph(self.graph)
         layers, _ = find_layers(copy, self.options.ops, self.options.exclude, self.static)
         layers = [layer for layer in layers if layer.key not in keep_float]
         marks = mark_activations(copy, layers) if self.static else {}
