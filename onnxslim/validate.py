@@ -30,7 +30,14 @@ from onnxslim.model import PROTOBUF_LIMIT, Model, load, save
 from onnxslim.progress import progress_bar
 from onnxslim.runtime import check_provider, create_session, run
 
-__all__ = ["Tolerances", "OutputComparison", "ValidationReport", "validate"]
+__all__ = [
+    "Tolerances",
+    "OutputComparison",
+    "ValidationReport",
+    "validate",
+    "cosine_similarity",
+    "sqnr_db",
+]
 
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto | Model
 Feeds = Mapping[str, np.ndarray]
@@ -256,6 +263,26 @@ class _Accumulator:
         if tol.min_cosine is not None and cosine < tol.min_cosine:
             reasons.append(f"cosine {cosine:.6f} < min_cosine {tol.min_cosine:g}")
         return "; ".join(reasons)
+
+
+def cosine_similarity(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Cosine similarity of two arrays taken as flat vectors, in float64 (1 for two zero
+    vectors, as for any two that are allclose)."""
+    a = np.ravel(reference).astype(np.float64)
+    b = np.ravel(candidate).astype(np.float64)
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / norms) if norms else float(np.allclose(a, b))
+
+
+def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB, in float64 (inf when the two are equal,
+    -inf when the reference is zero and they are not)."""
+    reference = np.ravel(reference).astype(np.float64)
+    error = reference - np.ravel(approximation).astype(np.float64)
+    noise, signal = float(error @ error), float(reference @ reference)
+    if noise == 0:
+        return float("inf")
+    return 10.0 * float(np.log10(signal / noise)) if signal else float("-inf")
 
 
 def _model_file(model: ModelSource, scratch: Path, label: str) -> str | bytes:

@@ -40,6 +40,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from onnxslim.model import read_constant
 from onnxslim.rewrite import STANDARD_DOMAINS, fresh_name
+from onnxslim.validate import sqnr_db
 
 from ._quantize_math import (
     QuantParams,
@@ -49,7 +50,6 @@ from ._quantize_math import (
     dequantize,
     pack_int4,
     quantize,
-    sqnr_db,
     weight_params,
 )
 

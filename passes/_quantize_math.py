@@ -1,4 +1,4 @@
-"""The arithmetic of quantization: integer types, scales and zero points, int4 packing, SQNR.
+"""The arithmetic of quantization: integer types, scales and zero points, int4 packing.
 
 Kept apart from graph editing so that every formula can be checked against hand-computed
 values. Conventions follow ONNX QuantizeLinear: ``q = clip(round(x / scale) + zero_point)``
@@ -24,7 +24,6 @@ __all__ = [
     "bias_params",
     "pack_int4",
     "unpack_int4",
-    "sqnr_db",
 ]
 
 
@@ -184,15 +183,3 @@ def unpack_int4(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     signed = nibbles[:count].astype(np.int8)
     signed[signed > 7] -= 16
     return signed.reshape(shape)
-
-
-def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in decibels (inf when the two are equal)."""
-    reference = np.ravel(reference).astype(np.float32, copy=False)
-    error = reference - np.ravel(approximation).astype(np.float32, copy=False)
-    noise, signal = float(np.dot(error, error)), float(np.dot(reference, reference))
-    if noise == 0:
-        return float("inf")
-    if signal == 0:
-        return float("-inf")
-    return 10.0 * float(np.log10(signal / noise))

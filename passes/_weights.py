@@ -17,7 +17,7 @@ from onnx import TensorProto
 from onnxslim.model import read_constant
 from onnxslim.rewrite import STANDARD_DOMAINS, fresh_name, replace_input
 
-__all__ = ["Weight", "find_weights", "sqnr_db", "pack_bits", "RebuildGraph", "FLOAT_TYPES"]
+__all__ = ["Weight", "find_weights", "pack_bits", "RebuildGraph", "FLOAT_TYPES"]
 
 # The rebuilding ops (CumSum, Mod, Slice with inputs) need this opset.
 REBUILD_OPSET = 11
@@ -81,16 +81,6 @@ def _weight_positions(node: gs.Node) -> list[tuple[int, int]]:
     if node.op == "Gather" and node.attrs.get("axis", 0) == 0:
         return [(0, 0)]
     return []
-
-
-def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in dB (infinite when they are equal)."""
-    reference = reference.astype(np.float64)
-    noise = float(np.sum((reference - approximation.astype(np.float64)) ** 2))
-    signal = float(np.sum(reference**2))
-    if noise == 0:
-        return float("inf")
-    return 10 * np.log10(signal / noise) if signal else float("-inf")
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:

@@ -24,13 +24,13 @@ from onnxslim.passes._weights import (
     Weight,
     find_weights,
     pack_bits,
-    sqnr_db,
 )
 
 from onnxslim.errors import PipelineSpecError
 from onnxslim.model import iter_graphs
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
+from onnxslim.validate import sqnr_db
 
 __all__ = ["ClusterWeights", "kmeans_1d"]
 

@@ -45,6 +45,7 @@ from onnxslim.model import copy_graph, read_constant, to_proto
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
 from onnxslim.runtime import create_session, run
+from onnxslim.validate import cosine_similarity, sqnr_db
 
 from ._quantize_graph import (
     DEFAULT_OPS,
@@ -56,7 +57,7 @@ from ._quantize_graph import (
     insert_qdq,
     mark_activations,
 )
-from ._quantize_math import QUANT_TYPES, QuantParams, QuantType, activation_params, sqnr_db
+from ._quantize_math import QUANT_TYPES, QuantParams, QuantType, activation_params
 from ._quantize_opset import raise_to_opset21, set_opset
 from .fuse_linear import FuseBatchNorm
 from .infer_shapes import InferShapes
@@ -444,8 +445,7 @@ class _Evaluator:
         for name in self.outputs:
             if not np.issubdtype(self.reference[0][name].dtype, np.floating):
                 continue
-            ref = np.concatenate([r[name].ravel() for r in self.reference]).astype(np.float64)
-            got = np.concatenate([r[name].ravel() for r in results]).astype(np.float64)
-            norms = np.linalg.norm(ref) * np.linalg.norm(got)
-            worst = min(worst, float(ref @ got / norms) if norms else float(np.allclose(ref, got)))
+            ref = np.concatenate([r[name].ravel() for r in self.reference])
+            got = np.concatenate([r[name].ravel() for r in results])
+            worst = min(worst, cosine_similarity(ref, got))
         return worst
