@@ -20,7 +20,15 @@ import onnx
 
 from onnxslim.checking import check_model
 from onnxslim.errors import ModelSaveError
-from onnxslim.model import Model, all_constants, constant_nbytes, file_bytes, load, save
+from onnxslim.model import (
+    Model,
+    ModelSource,
+    all_constants,
+    constant_nbytes,
+    file_bytes,
+    load,
+    save,
+)
 from onnxslim.model import refuse_overwriting_sources as _refuse_overwriting_sources
 from onnxslim.pipeline import PassContext, PassManager, PassRecord, Step, flatten_steps
 from onnxslim.registry import (
@@ -32,8 +40,6 @@ from onnxslim.registry import (
 )
 
 __all__ = ["optimize", "OptimizeResult", "OptimizeReport", "ModelSummary", "ValidationOptions"]
-
-ModelSource = str | os.PathLike | bytes | onnx.ModelProto | Model
 
 
 @dataclass

@@ -31,6 +31,7 @@ __all__ = [
     "synthesize_inputs",
     "conform_feeds",
     "load_inputs",
+    "read_npz",
     "LABELS_KEY",
 ]
 
@@ -451,7 +452,8 @@ def _split_samples(
     ]
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz``, or InputDataError (one line) when it cannot be read."""
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
@@ -480,7 +482,7 @@ def load_inputs(path: str | os.PathLike, specs: Iterable[InputSpec]) -> list[dic
     if path.is_file():
         if path.suffix != ".npz":
             raise InputDataError(f"{path}: expected a .npz file or a folder of .npz/.npy files")
-        return _split_samples(_read_npz(path), specs, str(path))
+        return _split_samples(read_npz(path), specs, str(path))
 
     archives = sorted(path.glob("*.npz"))
     arrays = sorted(path.glob("*.npy"))
@@ -493,7 +495,7 @@ def load_inputs(path: str | os.PathLike, specs: Iterable[InputSpec]) -> list[dic
         return [
             sample
             for archive in archives
-            for sample in _split_samples(_read_npz(archive), specs, str(archive))
+            for sample in _split_samples(read_npz(archive), specs, str(archive))
         ]
     if arrays:
         return _split_samples({file.stem: _read_npy(file) for file in arrays}, specs, str(path))

@@ -38,6 +38,7 @@ from onnxslim.errors import ModelLoadError, ModelSaveError
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 
 __all__ = [
+    "ModelSource",
     "copy_graph",
     "Model",
     "load",
@@ -243,7 +244,11 @@ def read_constant_bytes(tensor: gs.Constant, limit: int | None = None) -> bytes 
 # ----------------------------------------------------------------------------------- loading
 
 
-def load(source: str | os.PathLike | bytes | onnx.ModelProto | Model) -> Model:
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto | Model
+"""What :func:`load` reads: a path, serialized bytes, a ModelProto, or a Model as it is."""
+
+
+def load(source: ModelSource) -> Model:
     """Load a model from a path, serialized bytes or a ModelProto (never modified).
 
     External data stays on disk until a pass reads it. Raises ModelLoadError with a

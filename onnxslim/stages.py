@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from onnxslim.errors import InputDataError
-from onnxslim.inputs import LABELS_KEY, InputSpec, conform_feeds, input_specs, synthesize_inputs
+from onnxslim.inputs import (
+    LABELS_KEY,
+    InputSpec,
+    conform_feeds,
+    input_specs,
+    read_npz,
+    synthesize_inputs,
+)
 from onnxslim.model import Model, save
 from onnxslim.runtime import create_session, run
 from onnxslim.summary import describe
@@ -47,11 +54,7 @@ class StageMeasurement:
 
 def read_labelled_data(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """The input arrays of a ``.npz`` (one sample per row) and its ``labels`` if it has them."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as exc:
-        raise InputDataError(f"{path}: cannot read as .npz ({exc})") from exc
+    arrays = read_npz(path)
     return arrays, arrays.pop(LABELS_KEY, None)
 
 

@@ -26,7 +26,7 @@ from onnxslim.inputs import (
     load_inputs,
     synthesize_inputs,
 )
-from onnxslim.model import PROTOBUF_LIMIT, Model, load, save
+from onnxslim.model import PROTOBUF_LIMIT, Model, ModelSource, load, save
 from onnxslim.progress import progress_bar
 from onnxslim.runtime import check_provider, create_session, run
 
@@ -39,7 +39,6 @@ __all__ = [
     "sqnr_db",
 ]
 
-ModelSource = str | os.PathLike | bytes | onnx.ModelProto | Model
 Feeds = Mapping[str, np.ndarray]
 
 # Outputs are compared in float64 blocks of this many elements, so that the temporaries of a

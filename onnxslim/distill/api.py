@@ -44,13 +44,12 @@ from onnxslim.distill.trainer import EpochRecord, Schedule, TrainOptions, train
 from onnxslim.distill.versions import default_opset, for_training_runtime
 from onnxslim.distill.writeback import write_back
 from onnxslim.inputs import input_specs
-from onnxslim.model import Model, iter_graphs, load, refuse_overwriting_sources, save
+from onnxslim.model import Model, ModelSource, iter_graphs, load, refuse_overwriting_sources, save
 from onnxslim.pipeline import PassTable
 from onnxslim.runtime import create_session
 
 __all__ = ["DistillOptions", "DistillReport", "distill", "distill_model"]
 
-ModelSource = str | os.PathLike | bytes | onnx.ModelProto | Model
 DataSource = str | os.PathLike | Mapping[str, np.ndarray]
 
 # Ops that hold or produce quantized values: their integer weights cannot be trained.
