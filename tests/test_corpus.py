@@ -26,9 +26,11 @@ import re
 import tempfile
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import ml_dtypes
 import numpy as np
@@ -44,6 +46,7 @@ from onnxslim.model import load, save
 from onnxslim.pipeline import PassManager
 from onnxslim.registry import parse_pipeline
 
+T = TypeVar("T")
 KINDS = ("node", "simple", "pytorch-converted", "pytorch-operator")
 RTOL = 1e-3
 ATOL = 1e-4
@@ -543,16 +546,23 @@ class _Summary:
 @pytest.fixture(scope="module")
 def corpus_results(tmp_path_factory) -> list[CaseResult]:
     """Every model checked once, in a pool of worker processes, for all tests below."""
+    results = check_corpus(check_case, tmp_path_factory)
+    # Guard against a harness that quietly skips everything (a broken onnxruntime, say).
+    ran = sum(1 for r in results if r.status != "skipped")
+    assert ran >= len(results) // 2, f"only {ran} of {len(results)} models ran"
+    return results
+
+
+def check_corpus(check: Callable[[str], T], tmp_path_factory) -> list[T]:
+    """``check`` on every corpus case folder, in a pool of worker processes (``check`` must be
+    a module-level function: the workers are spawned, since the parent has onnxruntime
+    threads)."""
     dirs = corpus_dirs(tmp_path_factory.mktemp("corpus"))
     assert dirs, "the onnx wheel ships no backend test models"
     workers = max(1, min(os.cpu_count() or 1, 4))
-    context = multiprocessing.get_context("spawn")  # the parent has onnxruntime threads
+    context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        results = list(pool.map(check_case, [str(d) for d in dirs], chunksize=16))
-    # Guard against a harness that quietly skips everything (a broken onnxruntime, say).
-    ran = sum(1 for r in results if r.status != "skipped")
-    assert ran >= len(dirs) // 2, f"only {ran} of {len(dirs)} models ran"
-    return results
+        return list(pool.map(check, [str(d) for d in dirs], chunksize=16))
 
 
 def fold_size_changes(results: list[CaseResult]) -> Counter:

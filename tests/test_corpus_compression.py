@@ -12,13 +12,10 @@ The models, their inputs and onnxruntime's own failures are read as in ``test_co
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import tempfile
 import traceback
 import warnings
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +30,7 @@ from test_corpus import (
     _read_data_sets,
     _run_all,
     _tolerance,
-    corpus_dirs,
+    check_corpus,
     load_case,
     report_lines,
 )
@@ -133,12 +130,7 @@ def _first_line(exc: BaseException) -> str:
 
 @pytest.fixture(scope="module")
 def compression_results(tmp_path_factory) -> list[CompressionResult]:
-    dirs = corpus_dirs(tmp_path_factory.mktemp("corpus"))
-    assert dirs, "the onnx wheel ships no backend test models"
-    workers = max(1, min(os.cpu_count() or 1, 4))
-    context = multiprocessing.get_context("spawn")  # the parent has onnxruntime threads
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        return list(pool.map(check_case, [str(d) for d in dirs], chunksize=16))
+    return check_corpus(check_case, tmp_path_factory)
 
 
 def test_compression_passes_leave_every_backend_test_model_valid_and_runnable(
