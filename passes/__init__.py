@@ -1,8 +1,9 @@
 """Built-in rewrites, installed as ``onnxslim.passes``.
 
 Each module registers its passes with :func:`onnxslim.register_pass` when imported; importing
-this package imports every module in it, so a new pass is a new module here, nothing else.
-Modules whose names start with an underscore are shared helpers of several passes.
+this package imports every module and subpackage in it, so a new pass is a new module here,
+nothing else. A family of passes with helpers of its own is a subpackage whose ``__init__``
+imports its passes (``quantize/``, ``prune/``, ``weights/``).
 """
 
 import importlib

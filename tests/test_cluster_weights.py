@@ -10,7 +10,7 @@ import onnx
 import pytest
 from conftest import run_model
 from onnx import numpy_helper
-from onnxslim.passes.cluster_weights import kmeans_1d
+from onnxslim.passes.weights.cluster import kmeans_1d
 
 from onnxslim.api import optimize
 from onnxslim.errors import PipelineSpecError

@@ -17,7 +17,7 @@ import onnx
 import pytest
 from conftest import make_model, run_model, tensor_info
 from onnx import TensorProto, helper
-from onnxslim.passes.prune_channels import keep_counts
+from onnxslim.passes.prune.channels import keep_counts
 
 from onnxslim.api import optimize
 from onnxslim.errors import OnnxSlimError, PipelineSpecError
@@ -424,7 +424,7 @@ def test_intermediate_shapes_in_value_info_follow_the_pruning():
 def test_a_surgery_that_breaks_the_graph_leaves_the_model_untouched(monkeypatch):
     """The pass works on a copy and keeps it only when onnx's checker and strict shape
     inference accept it (here: a Gemm whose weight no longer has its input's type)."""
-    from onnxslim.passes import prune_channels
+    from onnxslim.passes.prune import channels as prune_channels
 
     real = prune_channels.remove_channels
 

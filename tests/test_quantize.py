@@ -12,14 +12,14 @@ import onnxruntime as ort
 import pytest
 from conftest import make_model, run_model, tensor_info
 from onnx import TensorProto, helper, numpy_helper
-from onnxslim.passes._quantize_math import (
+from onnxslim.passes.quantize import Quantize
+from onnxslim.passes.quantize.numerics import (
     QUANT_TYPES,
     activation_params,
     pack_int4,
     unpack_int4,
     weight_params,
 )
-from onnxslim.passes.quantize import Quantize
 from typer.testing import CliRunner
 
 from onnxslim.cli import app

@@ -37,12 +37,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
-
-from onnxslim.model import read_constant
-from onnxslim.rewrite import STANDARD_DOMAINS, fresh_name
-from onnxslim.validate import sqnr_db
-
-from ._quantize_math import (
+from onnxslim.passes.quantize.numerics import (
     QuantParams,
     QuantType,
     bias_params,
@@ -52,6 +47,10 @@ from ._quantize_math import (
     quantize,
     weight_params,
 )
+
+from onnxslim.model import read_constant
+from onnxslim.rewrite import STANDARD_DOMAINS, fresh_name
+from onnxslim.validate import sqnr_db
 
 __all__ = [
     "DEFAULT_OPS",

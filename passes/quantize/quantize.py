@@ -2,7 +2,7 @@
 
 The pass stores weights as integer initializers (the file really shrinks) and, unless
 ``activations=none``, wraps activations in Q/DQ pairs whose ranges come from streaming
-calibration (:mod:`onnxslim.calibration`). Placement (see ``_quantize_graph``) follows the
+calibration (:mod:`onnxslim.calibration`). Placement (see ``graph``) follows the
 patterns onnxruntime's CPU provider fuses into QLinearConv, QLinearMatMul, QGemm,
 QLinearAdd and MatMulNBits.
 
@@ -30,6 +30,20 @@ from typing import Literal
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnxslim.passes.fuse_linear import FuseBatchNorm
+from onnxslim.passes.infer_shapes import InferShapes
+from onnxslim.passes.quantize.graph import (
+    DEFAULT_OPS,
+    Layer,
+    LayerResult,
+    WeightCache,
+    WeightConfig,
+    find_layers,
+    insert_qdq,
+    mark_activations,
+)
+from onnxslim.passes.quantize.numerics import QUANT_TYPES, QuantParams, QuantType, activation_params
+from onnxslim.passes.quantize.opset import raise_to_opset21, set_opset
 
 from onnxslim.calibration import (
     CALIBRATION_METHODS,
@@ -46,21 +60,6 @@ from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
 from onnxslim.runtime import create_session, run
 from onnxslim.validate import cosine_similarity, sqnr_db
-
-from ._quantize_graph import (
-    DEFAULT_OPS,
-    Layer,
-    LayerResult,
-    WeightCache,
-    WeightConfig,
-    find_layers,
-    insert_qdq,
-    mark_activations,
-)
-from ._quantize_math import QUANT_TYPES, QuantParams, QuantType, activation_params
-from ._quantize_opset import raise_to_opset21, set_opset
-from .fuse_linear import FuseBatchNorm
-from .infer_shapes import InferShapes
 
 __all__ = ["Quantize"]
 

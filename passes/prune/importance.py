@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnxslim.passes._channel_groups import POINTWISE
-from onnxslim.passes._channel_layout import GroupAnalysis, Layout, const_value
+from onnxslim.passes.prune.groups import POINTWISE
+from onnxslim.passes.prune.layout import GroupAnalysis, Layout, const_value
 
 from onnxslim.errors import InputDataError
 from onnxslim.inputs import input_specs, load_inputs

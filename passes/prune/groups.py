@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnxslim.passes._channel_layout import (
+from onnxslim.passes.prune.layout import (
     ChannelGroup,
     GroupAnalysis,
     Layout,
@@ -35,7 +35,7 @@ from onnxslim.passes._channel_layout import (
     tensor_rank,
     tensor_shape,
 )
-from onnxslim.passes._channel_reshapes import ReshapeRules
+from onnxslim.passes.prune.reshapes import ReshapeRules
 
 from onnxslim.model import iter_graphs
 from onnxslim.rewrite import STANDARD_DOMAINS

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import SparseValues
-from onnxslim.passes._weights import (
+from onnxslim.passes.weights.storage import (
     REBUILD_OPSET,
     RebuildGraph,
     Weight,

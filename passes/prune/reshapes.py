@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnxslim.passes._channel_layout import (
+from onnxslim.passes.prune.layout import (
     GroupBook,
     Layout,
     Segment,

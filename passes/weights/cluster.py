@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnxslim.passes._weights import (
+from onnxslim.passes.weights.storage import (
     REBUILD_OPSET,
     RebuildGraph,
     Weight,

@@ -1,9 +1,9 @@
 """prune-channels: structured channel pruning on the exported graph, for any framework's model.
 
-The graph is split into dependency groups (``_channel_groups``), each group's channels are
-scored (``_channel_importance``), the lowest-scoring are chosen per group or across groups,
+The graph is split into dependency groups (``prune.groups``), each group's channels are
+scored (``prune.importance``), the lowest-scoring are chosen per group or across groups,
 and producers, consumers and every shape that states a channel count are rewritten
-(``_channel_surgery``). Groups the analysis does not understand stay whole and are listed
+(``prune.surgery``). Groups the analysis does not understand stay whole and are listed
 with the reason. Graph inputs and outputs keep their shapes.
 """
 
@@ -20,12 +20,12 @@ from typing import Literal
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnxslim.passes._channel_groups import analyze
-from onnxslim.passes._channel_importance import calibration_feeds, channel_scores
-from onnxslim.passes._channel_layout import ChannelGroup
-from onnxslim.passes._channel_shapes import pin_shapes
-from onnxslim.passes._channel_surgery import SurgeryError, remove_channels
 from onnxslim.passes.infer_shapes import InferShapes
+from onnxslim.passes.prune.groups import analyze
+from onnxslim.passes.prune.importance import calibration_feeds, channel_scores
+from onnxslim.passes.prune.layout import ChannelGroup
+from onnxslim.passes.prune.shapes import pin_shapes
+from onnxslim.passes.prune.surgery import SurgeryError, remove_channels
 
 from onnxslim.checking import check_model
 from onnxslim.errors import InvalidModelError, PipelineSpecError

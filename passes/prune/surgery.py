@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnxslim.passes._channel_layout import Edit, GroupAnalysis, Layout, const_value
+from onnxslim.passes.prune.layout import Edit, GroupAnalysis, Layout, const_value
 
 from onnxslim.rewrite import fresh_name
 
