@@ -34,7 +34,7 @@ from onnxslim.inputs import (
     synthesize_inputs,
 )
 from onnxslim.progress import progress_bar
-from onnxslim.runtime import create_session, run
+from onnxslim.runtime import open_session, run
 
 __all__ = [
     "CalibrationMethod",
@@ -44,7 +44,6 @@ __all__ = [
     "SynthesizedSamples",
     "calibration_samples",
     "batched",
-    "expose_tensors",
     "calibrate",
 ]
 
@@ -293,21 +292,6 @@ def _stack(samples: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------ running
 
 
-def expose_tensors(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph also outputs the float tensors ``names`` (graph inputs
-    and existing outputs are skipped: they need no exposing)."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    present = {o.name for o in exposed.graph.output} | {i.name for i in exposed.graph.input}
-    for name in names:
-        if name not in present:
-            exposed.graph.output.append(
-                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-            )
-            present.add(name)
-    return exposed
-
-
 def calibrate(
     model: onnx.ModelProto,
     tensors: Sequence[str],
@@ -320,12 +304,13 @@ def calibrate(
     """Statistics of each tensor in ``tensors`` (intermediates or graph inputs) over
     ``samples``, updated batch by batch with a progress bar that shows samples per second."""
     stats = {name: TensorStats(with_histogram=histograms) for name in tensors}
-    exposed = expose_tensors(model, tensors)
-    session = create_session(exposed.SerializeToString(), provider)
     specs = input_specs(model)
     started = time.perf_counter()
     done = 0
-    with progress_bar("calibrating", len(samples)) as advance:
+    with (
+        open_session(model, provider, expose=tensors) as session,
+        progress_bar("calibrating", len(samples)) as advance,
+    ):
         for feed, count in batched(samples, specs, batch_size):
             outputs = run(session, feed)
             for name, tensor_stats in stats.items():

@@ -710,17 +710,35 @@ def _tensor_proto(tensor: gs.Constant, base_dir: Path | None) -> onnx.TensorProt
     return proto
 
 
-def to_proto(model: Model) -> onnx.ModelProto:
+def to_proto(model: Model, *, keep_external: bool = False) -> onnx.ModelProto:
     """The whole model as one in-memory ModelProto, external data read in.
 
     Meant for handing a model to other Python tools; for files use :func:`save`, which does
-    not hold a second copy of the weights.
+    not hold a second copy of the weights. With ``keep_external``, top-level constants still
+    in an external file under ``model.base_dir`` stay references to it (relative to that
+    folder), so that a runtime told the folder reads them from disk: that proto stays small
+    however large the weights are.
     """
     skeleton = _export_skeleton(model)
     proto = skeleton.proto
     _inline_nested_external(proto, model.base_dir)
-    proto.graph.initializer.extend(_tensor_proto(t, model.base_dir) for t in skeleton.initializers)
+    proto.graph.initializer.extend(
+        _source_proto(t)
+        if keep_external and _is_external_in(t, model.base_dir)
+        else _tensor_proto(t, model.base_dir)
+        for t in skeleton.initializers
+    )
     return proto
+
+
+def _is_external_in(constant: gs.Constant, base_dir: Path | None) -> bool:
+    values = constant._values
+    return (
+        base_dir is not None
+        and isinstance(values, ExternalValues)
+        and values.base_dir == base_dir
+        and external_data_helper.uses_external_data(values.tensor)
+    )
 
 
 def stub_proto(model: Model, keep_below: int = DEFAULT_SIZE_THRESHOLD) -> onnx.ModelProto:

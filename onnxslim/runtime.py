@@ -9,13 +9,17 @@ TF32 on Ampere and newer GPUs unless told not to.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+import onnx
 
 from onnxslim.errors import (
     InputDataError,
@@ -32,6 +36,7 @@ __all__ = [
     "check_provider",
     "available_providers",
     "create_session",
+    "open_session",
     "run",
 ]
 
@@ -51,6 +56,12 @@ _MISSING_MESSAGE = (
 # onnxruntime logs warnings (initializers that are also inputs) and the errors it also raises
 # on stderr; onnxslim reports what matters itself, so only fatal messages get through.
 _LOG_FATAL_ONLY = 4
+# Where a model given as bytes finds its external data (onnxruntime 1.20 and newer).
+_EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
+_EXTERNAL_DATA_FOLDER_SINCE = (1, 20)
+# Below this a model goes to onnxruntime as bytes; above it, through a file (protobuf's 2 GiB
+# limit, less room for the graph itself).
+_BYTES_LIMIT = 2**31 - 1 - 64 * 2**20
 
 
 def require_onnxruntime() -> ModuleType:
@@ -111,13 +122,22 @@ def _first_line(exc: BaseException) -> str:
 
 
 def create_session(
-    model: str | os.PathLike | bytes, provider: str = "cpu", *, tf32: bool = False
+    model: str | os.PathLike | bytes,
+    provider: str = "cpu",
+    *,
+    tf32: bool = False,
+    optimize: bool = True,
+    threads: int | None = None,
+    external_data_dir: Path | None = None,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` for ``model`` running on ``provider``.
 
     Give a path when you can: onnxruntime then reads external data beside the model, which
     models over 2 GiB need. ``tf32`` allows TF32 math on CUDA (off by default so that CUDA
-    results stay comparable with the CPU's). Raises ProviderUnavailableError when the provider
+    results stay comparable with the CPU's). ``optimize=False`` turns onnxruntime's graph
+    optimizations off (to evaluate nodes exactly as written), ``threads`` caps its intra-op
+    threads, and ``external_data_dir`` is where a model given as bytes finds its external data.
+    Raises ProviderUnavailableError when the provider
     is unknown, not in this onnxruntime build, or fails to initialise, and InvalidModelError
     when onnxruntime cannot load the model.
     """
@@ -132,6 +152,12 @@ def create_session(
 
     options = ort.SessionOptions()
     options.log_severity_level = _LOG_FATAL_ONLY
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    if external_data_dir is not None:
+        options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, str(external_data_dir))
     try:
         session = ort.InferenceSession(
             model, sess_options=options, providers=_provider_list(full_name, available, tf32)
@@ -150,6 +176,107 @@ def create_session(
             "this onnxruntime build needs are installed"
         )
     return session
+
+
+@contextlib.contextmanager
+def open_session(
+    model: Any,
+    provider: str = "cpu",
+    *,
+    expose: Iterable[str] = (),
+    optimize: bool = True,
+    threads: int | None = None,
+    tf32: bool = False,
+) -> Iterator[Any]:
+    """An onnxruntime session for ``model``, whatever its size, for the length of a block.
+
+    ``model`` is an onnxslim ``Model``, a ``ModelProto``, serialized bytes or a path. The
+    tensors named in ``expose`` become extra outputs (intermediate values for calibration,
+    guards and importance scores); the model itself is not changed. Models that fit
+    protobuf's 2 GiB go to onnxruntime in memory, with untouched external weights read from
+    their own folder; larger ones are written with external data to a temporary folder that
+    is removed when the block ends. This is the one way passes build sessions::
+
+        with open_session(model, expose=["conv1_out"], optimize=False) as session:
+            values = run(session, feeds)
+    """
+    exposed = list(dict.fromkeys(expose))
+    with contextlib.ExitStack() as cleanup:
+        source, folder = _session_source(model, exposed, cleanup)
+        yield create_session(
+            source,
+            provider,
+            tf32=tf32,
+            optimize=optimize,
+            threads=threads,
+            external_data_dir=folder,
+        )
+
+
+def _session_source(
+    model: Any, exposed: list[str], cleanup: contextlib.ExitStack
+) -> tuple[bytes | Path, Path | None]:
+    """What ``create_session`` reads for ``model``: bytes (and the folder of their external
+    data), or the path of a file."""
+    from onnxslim.model import Model, load, save, to_proto
+
+    if isinstance(model, bytes | bytearray):
+        if not exposed:
+            return bytes(model), None
+        model = onnx.load_model_from_string(bytes(model))
+    if isinstance(model, str | os.PathLike):
+        path = Path(model)
+        if not exposed:
+            return path, None
+        model = load(path)
+    if isinstance(model, onnx.ModelProto):
+        if model.ByteSize() < _BYTES_LIMIT:
+            return _with_outputs(model, exposed), None
+        model = load(model)
+    if not isinstance(model, Model):
+        raise TypeError(f"cannot open a session for a {type(model).__name__}")
+
+    folder = model.base_dir if _reads_external_folder() else None
+    proto = to_proto(model, keep_external=folder is not None)
+    if proto.ByteSize() < _BYTES_LIMIT:
+        return _with_outputs(proto, exposed), folder
+    del proto
+    workdir = Path(cleanup.enter_context(_temporary_folder()))
+    path = save(model, workdir / "model.onnx", external_data=True)
+    if exposed:
+        skeleton = onnx.load(str(path), load_external_data=False)
+        path.write_bytes(_with_outputs(skeleton, exposed))
+    return path, None
+
+
+def _with_outputs(proto: onnx.ModelProto, names: list[str]) -> bytes:
+    """``proto`` serialized with the tensors ``names`` added as outputs; ``proto`` itself is
+    left as it was (outputs are appended, serialized, then removed: no copy of the weights)."""
+    present = {o.name for o in proto.graph.output} | {i.name for i in proto.graph.input}
+    added = [name for name in names if name not in present]
+    if not added:
+        return proto.SerializeToString()
+    count = len(proto.graph.output)
+    # Untyped outputs keep whatever type the tensor has.
+    proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in added)
+    try:
+        return proto.SerializeToString()
+    finally:
+        del proto.graph.output[count:]
+
+
+def _reads_external_folder() -> bool:
+    version = require_onnxruntime().__version__.split(".")
+    return tuple(int(part) for part in version[:2] if part.isdigit()) >= _EXTERNAL_DATA_FOLDER_SINCE
+
+
+@contextlib.contextmanager
+def _temporary_folder() -> Iterator[str]:
+    folder = tempfile.mkdtemp(prefix="onnxslim-session-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run(session: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -38,7 +38,7 @@ from onnxslim.model import PROTOBUF_LIMIT, Model, iter_graphs, read_constant, st
 from onnxslim.pipeline import Pass, PassContext, keep_if_valid
 from onnxslim.registry import register_pass
 from onnxslim.rewrite import STANDARD_DOMAINS, describe_nodes, element_type, fresh_name
-from onnxslim.runtime import require_onnxruntime
+from onnxslim.runtime import open_session
 
 __all__ = ["Float16", "DEFAULT_BLOCK_LIST", "CONVERTIBLE_OPS", "FLOAT16_MAX"]
 
@@ -558,7 +558,6 @@ def _peak_magnitudes(
 ) -> dict[str, float] | None:
     """The largest finite magnitude of every float32 variable over the samples; None when the
     model is too large to hand to onnxruntime in memory."""
-    ort = require_onnxruntime()
     proto = to_proto(model)
     specs = input_specs(proto)
     if calib is not None:
@@ -578,16 +577,11 @@ def _peak_magnitudes(
     )
     if proto.ByteSize() > PROTOBUF_LIMIT:
         return None
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
     peaks: dict[str, float] = defaultdict(float)
-    for feed in feeds:
-        for name, value in zip(names, session.run(None, feed), strict=True):
-            if np.issubdtype(value.dtype, np.floating):
-                peaks[name] = max(peaks[name], _finite_peak(value))
+    with open_session(proto, optimize=False) as session:
+        names = [o.name for o in session.get_outputs()]
+        for feed in feeds:
+            for name, value in zip(names, session.run(None, feed), strict=True):
+                if np.issubdtype(value.dtype, np.floating):
+                    peaks[name] = max(peaks[name], _finite_peak(value))
     return peaks

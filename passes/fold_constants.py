@@ -55,7 +55,7 @@ from onnxslim.model import Model, iter_graphs, read_constant
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
 from onnxslim.rewrite import NONDETERMINISTIC_OPS, describe_nodes
-from onnxslim.runtime import require_onnxruntime
+from onnxslim.runtime import open_session
 
 __all__ = ["FoldConstants"]
 
@@ -540,7 +540,6 @@ def _run(
     nodes: list[gs.Node], input_proto: Callable[[gs.Tensor], onnx.TensorProto], model: Model
 ) -> dict[int, np.ndarray]:
     """Evaluate ``nodes`` (in order) in one onnxruntime session; values by tensor id."""
-    ort = require_onnxruntime()
     produced = {id(t) for n in nodes for t in n.outputs}
     initializers: dict[str, onnx.TensorProto] = {}
     for node in nodes:
@@ -558,13 +557,8 @@ def _run(
     proto = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", model.opset)], ir_version=model.ir_version
     )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    results = session.run(None, {})
+    with open_session(proto, optimize=False) as session:
+        results = session.run(None, {})
     for info, value in zip(session.get_outputs(), results, strict=True):
         if info.type not in _NUMPY_RESULT_TYPES or not isinstance(value, np.ndarray):
             raise TypeError(f"output '{info.name}' has type {info.type}, not kept as a constant")

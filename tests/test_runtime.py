@@ -8,17 +8,26 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from onnxslim import runtime
 from onnxslim.errors import (
     InputDataError,
     InvalidModelError,
     ModelLoadError,
     ProviderUnavailableError,
 )
-from onnxslim.runtime import available_providers, create_session, provider_name, run
+from onnxslim.model import load
+from onnxslim.runtime import (
+    available_providers,
+    create_session,
+    open_session,
+    provider_name,
+    run,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,3 +181,76 @@ def test_onnxslim_modules_import_without_onnxruntime():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+# ------------------------------------------------------------------------- open_session
+
+
+@pytest.fixture
+def weighted_model(build_model):
+    """``y = relu(x @ w)`` with ``x @ w`` named ``hidden``; w is 4x3 float32."""
+    weight = np.arange(12, dtype=np.float32).reshape(4, 3) - 6
+    return build_model(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["hidden"]),
+            helper.make_node("Relu", ["hidden"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [onnx.numpy_helper.from_array(weight, "w")],
+    )
+
+
+def _expected_hidden(proto) -> tuple[np.ndarray, np.ndarray]:
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    weight = onnx.numpy_helper.to_array(proto.graph.initializer[0])
+    return x, x @ weight
+
+
+@pytest.mark.parametrize("form", ["proto", "bytes", "path", "model"])
+def test_open_session_exposes_intermediate_tensors_in_every_form(form, weighted_model, tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(weighted_model, path)
+    source = {
+        "proto": weighted_model,
+        "bytes": weighted_model.SerializeToString(),
+        "path": path,
+        "model": load(path),
+    }[form]
+    x, hidden = _expected_hidden(weighted_model)
+    with open_session(source, expose=["hidden"]) as session:
+        outputs = run(session, {"x": x})
+    assert list(outputs) == ["y", "hidden"]
+    np.testing.assert_allclose(outputs["hidden"], hidden, rtol=1e-6)
+    np.testing.assert_allclose(outputs["y"], np.maximum(hidden, 0), rtol=1e-6)
+
+
+def test_open_session_leaves_the_proto_as_it_was(weighted_model):
+    before = weighted_model.SerializeToString()
+    with open_session(weighted_model, expose=["hidden"], optimize=False):
+        pass
+    assert weighted_model.SerializeToString() == before
+
+
+def test_open_session_reads_external_weights_of_a_loaded_model(weighted_model, tmp_path):
+    x, hidden = _expected_hidden(weighted_model)
+    path = tmp_path / "external.onnx"
+    onnx.save(weighted_model, path, save_as_external_data=True, size_threshold=0)
+    model = load(path)
+    with open_session(model, expose=["hidden"]) as session:
+        np.testing.assert_allclose(run(session, {"x": x})["hidden"], hidden, rtol=1e-6)
+
+
+def test_models_too_large_for_bytes_go_through_a_temporary_folder(
+    weighted_model, tmp_path, monkeypatch
+):
+    """Past protobuf's 2 GiB a model cannot be handed over as bytes: it is written with
+    external data to a temporary folder, which is gone once the block ends."""
+    monkeypatch.setattr(runtime, "_BYTES_LIMIT", 16)
+    monkeypatch.setattr(runtime.tempfile, "tempdir", str(tmp_path))
+    x, hidden = _expected_hidden(weighted_model)
+    with open_session(load(weighted_model), expose=["hidden"]) as session:
+        folders = list(tmp_path.glob("onnxslim-session-*"))
+        assert len(folders) == 1 and (folders[0] / "model.onnx.data").is_file()
+        np.testing.assert_allclose(run(session, {"x": x})["hidden"], hidden, rtol=1e-6)
+    assert not list(tmp_path.glob("onnxslim-session-*"))

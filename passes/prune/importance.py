@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 from onnxslim.passes.prune.groups import POINTWISE
 from onnxslim.passes.prune.layout import GroupAnalysis, Layout, const_value
@@ -25,7 +24,7 @@ from onnxslim.passes.prune.layout import GroupAnalysis, Layout, const_value
 from onnxslim.errors import InputDataError
 from onnxslim.inputs import input_specs, load_inputs
 from onnxslim.model import Model, to_proto
-from onnxslim.runtime import require_onnxruntime
+from onnxslim.runtime import open_session
 
 __all__ = ["channel_scores", "calibration_feeds"]
 
@@ -83,30 +82,20 @@ def _as_read(tensor: gs.Tensor, analysis: GroupAnalysis) -> gs.Tensor:
 def _activation_scores(
     analysis: GroupAnalysis, model: Model, feeds: Sequence[dict[str, np.ndarray]]
 ) -> dict[int, np.ndarray]:
-    ort = require_onnxruntime()
     produced = [
         _as_read(edit.node.outputs[0], analysis)
         for edit in analysis.edits
         if edit.producer == "weight" and edit.node.outputs[0].name in analysis.layouts
     ]
     watched = {tensor.name: analysis.layouts[tensor.name] for tensor in produced}
-    proto = to_proto(model)
-    present = {output.name for output in proto.graph.output}
-    proto.graph.output.extend(
-        onnx.ValueInfoProto(name=name) for name in watched if name not in present
-    )
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
     names = list(watched)
     totals: dict[str, np.ndarray] = defaultdict(float)
-    for feed in feeds:
-        for name, value in zip(names, session.run(names, feed), strict=True):
-            axis = watched[name].axis
-            other = tuple(a for a in range(value.ndim) if a != axis)
-            totals[name] = totals[name] + np.abs(value.astype(np.float64)).mean(axis=other)
+    with open_session(model, expose=names) as session:
+        for feed in feeds:
+            for name, value in zip(names, session.run(names, feed), strict=True):
+                axis = watched[name].axis
+                other = tuple(a for a in range(value.ndim) if a != axis)
+                totals[name] = totals[name] + np.abs(value.astype(np.float64)).mean(axis=other)
     scores: dict[int, np.ndarray] = {}
     for name, total in totals.items():
         _spread(scores, total / len(feeds), watched[name], analysis)

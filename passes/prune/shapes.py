@@ -22,6 +22,7 @@ from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_shape
 
 from onnxslim.inputs import input_specs, synthesize_inputs
 from onnxslim.model import Model, all_constants, stub_proto, to_proto
+from onnxslim.runtime import open_session
 
 __all__ = ["pin_shapes"]
 
@@ -51,24 +52,16 @@ def _pin_inputs(proto: onnx.ModelProto, runtime: set[str], sizes: dict[str, int]
 
 
 def _measured(model: Model, runtime: set[str], sizes: dict[str, int], names: list[str]):
-    """Shapes of ``names`` from one onnxruntime run at the stand-in sizes; {} on failure."""
-    try:
-        import onnxruntime as ort
-    except ImportError:  # an optional dependency: without it, those shapes stay unknown
-        return {}
+    """Shapes of ``names`` from one onnxruntime run at the stand-in sizes; {} on failure
+    (onnxruntime, an optional dependency, missing included)."""
     if model.initializer_bytes() >= _PROBE_LIMIT:
         return {}
     proto = to_proto(model)
     _pin_inputs(proto, runtime, sizes, model)
     del proto.graph.value_info[:]
-    proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
     try:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(
-            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-        values = session.run(names, synthesize_inputs(input_specs(proto)))
+        with open_session(proto, expose=names) as session:
+            values = session.run(names, synthesize_inputs(input_specs(proto)))
     except Exception:  # noqa: BLE001 - a model onnxruntime cannot run keeps unknown shapes
         return {}
     return {name: list(value.shape) for name, value in zip(names, values, strict=True)}

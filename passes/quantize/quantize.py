@@ -51,14 +51,13 @@ from onnxslim.calibration import (
     batched,
     calibrate,
     calibration_samples,
-    expose_tensors,
 )
 from onnxslim.errors import InputDataError, InvalidModelError, OnnxSlimError, PipelineSpecError
 from onnxslim.inputs import input_specs
 from onnxslim.model import copy_graph, read_constant, to_proto
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
-from onnxslim.runtime import create_session, run
+from onnxslim.runtime import open_session, run
 from onnxslim.validate import cosine_similarity, sqnr_db
 
 __all__ = ["Quantize"]
@@ -163,7 +162,8 @@ class Quantize(Pass):
         try:
             if evaluator is None:
                 cosine, output_sqnr = None, {}
-                create_session(final.SerializeToString())
+                with open_session(final):
+                    pass
             else:
                 cosine, output_sqnr = evaluator.compare(final)
         except OnnxSlimError as exc:
@@ -404,11 +404,13 @@ class _Evaluator:
         self.keys = keys
         self.feeds = [feed for feed, _ in batched(samples, input_specs(float_model), len(samples))]
         self.outputs = [o.name for o in float_model.graph.output]
-        self.reference = self._run(expose_tensors(float_model, keys))
+        self.reference = self._run(float_model, keys)
 
-    def _run(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
-        session = create_session(model.SerializeToString())
-        return [run(session, feed) for feed in self.feeds]
+    def _run(
+        self, model: onnx.ModelProto, expose: Sequence[str] = ()
+    ) -> list[dict[str, np.ndarray]]:
+        with open_session(model, expose=expose) as session:
+            return [run(session, feed) for feed in self.feeds]
 
     def cosine(self, model: onnx.ModelProto) -> float:
         """The smallest cosine similarity over float outputs between ``model`` and float."""
@@ -417,7 +419,7 @@ class _Evaluator:
     def compare(self, model: onnx.ModelProto) -> tuple[float, dict[str, float]]:
         """The output cosine, and the SQNR of each layer's output (the tensor named by its
         key) against the float model's: the error accumulated up to that layer."""
-        results = self._run(expose_tensors(model, self.keys))
+        results = self._run(model, self.keys)
         for reference, result in zip(self.reference, results, strict=True):
             changed = [n for n in self.outputs if reference[n].shape != result[n].shape]
             if changed:
