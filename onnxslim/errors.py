@@ -1,7 +1,15 @@
 """Errors that onnxslim raises on purpose.
 
 Every one of them is meant to reach a person as one line: the CLI prints ``str(error)`` and
-exits non-zero, so each message says what went wrong *and* what to do about it.
+exits with the error's ``exit_code``, so each message says what went wrong *and* what to do
+about it. The exit codes, for every command:
+
+- 0: success;
+- 1: the result misses its quality bar (outputs differ, a quality floor is not met): nothing
+  is written;
+- 2: bad input (missing or invalid model, unknown option, unavailable provider, bad data);
+- 3: an internal error (a bug in onnxslim or a pass: please report it);
+- 4: nothing to do: the command would change nothing, so nothing is written.
 """
 
 from __future__ import annotations
@@ -17,11 +25,26 @@ __all__ = [
     "RuntimeMissingError",
     "ProviderUnavailableError",
     "InputDataError",
+    "QualityFloorError",
+    "NothingChangedError",
+    "EXIT_OK",
+    "EXIT_QUALITY",
+    "EXIT_BAD_INPUT",
+    "EXIT_INTERNAL",
+    "EXIT_UNCHANGED",
 ]
+
+EXIT_OK = 0
+EXIT_QUALITY = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
+EXIT_UNCHANGED = 4
 
 
 class OnnxSlimError(Exception):
     """Base class: an error whose message is fit to show a user as it is."""
+
+    exit_code: int = EXIT_BAD_INPUT
 
 
 class ModelLoadError(OnnxSlimError):
@@ -58,3 +81,17 @@ class ProviderUnavailableError(OnnxSlimError):
 
 class InputDataError(OnnxSlimError):
     """Input data (``--inputs``, ``--input-shape``) does not fit the model's signature."""
+
+
+class QualityFloorError(OnnxSlimError):
+    """A lossy result falls below the quality floor it was asked to keep (e.g. output cosine
+    under ``min_cosine``); the message gives the figure and what to try."""
+
+    exit_code = EXIT_QUALITY
+
+
+class NothingChangedError(OnnxSlimError):
+    """The command would change nothing (no prunable group, no weight to quantize...); the
+    message says why, and nothing is written."""
+
+    exit_code = EXIT_UNCHANGED

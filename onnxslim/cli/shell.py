@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from onnxslim.errors import OnnxSlimError
+from onnxslim.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_QUALITY, OnnxSlimError
 
 __all__ = [
     "app",
@@ -31,9 +31,8 @@ __all__ = [
     "OutputOption",
 ]
 
-EXIT_MISMATCH = 1
-EXIT_ERROR = 2
-EXIT_INTERNAL = 3
+EXIT_MISMATCH = EXIT_QUALITY
+EXIT_ERROR = EXIT_BAD_INPUT
 
 app = typer.Typer(
     name="onnxslim",
@@ -92,7 +91,7 @@ def guarded(debug: bool, action: Callable[[], int | None]) -> None:
             stderr.print_exception()
         # escape: messages quote specs and paths, whose [brackets] rich would take as markup
         stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ERROR) from None
+        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         stderr.print("[bold red]interrupted[/]")
         raise typer.Exit(130) from None
