@@ -39,6 +39,7 @@ __all__ = [
     "randomize_batchnorm",
     "perturb_constant_parameters",
     "export",
+    "torch_export",
     "script_digest",
     "main",
 ]
@@ -306,39 +307,19 @@ def export(name: str, folder: Path, exporter: str = "torchscript", opset: int = 
     perturb_constant_parameters(model, generator)
     model.eval()
     sample = tuple(item.sample(generator) for item in spec.inputs)
-    names = [item.name for item in spec.inputs]
     path = folder / f"{name}.onnx"
     partial = folder / f"{name}.onnx.partial"
     start = time.perf_counter()
-    with torch.no_grad():
-        if exporter == "torchscript":
-            torch.onnx.export(
-                model,
-                sample,
-                str(partial),
-                dynamo=False,
-                opset_version=opset,
-                input_names=names,
-                output_names=list(spec.outputs),
-                dynamic_axes={i.name: i.dynamic for i in spec.inputs} | spec.outputs,
-            )
-        else:
-            # Axis names become Dim.DYNAMIC and name the model's symbolic dims; the inputs
-            # all go to the wrapper's one ``*inputs`` parameter.
-            shapes: tuple = tuple(i.dynamic for i in spec.inputs)
-            if isinstance(model, _PositionalCall):
-                shapes = (shapes,)
-            torch.onnx.export(
-                model,
-                sample,
-                str(partial),
-                dynamo=True,
-                external_data=False,
-                opset_version=opset,
-                input_names=names,
-                output_names=list(spec.outputs),
-                dynamic_shapes=shapes,
-            )
+    torch_export(
+        model,
+        sample,
+        partial,
+        exporter=exporter,
+        opset=opset,
+        inputs={i.name: i.dynamic for i in spec.inputs},
+        outputs=spec.outputs,
+        positional=isinstance(model, _PositionalCall),
+    )
     seconds = time.perf_counter() - start
     manifest = {
         "name": name,
@@ -357,6 +338,51 @@ def export(name: str, folder: Path, exporter: str = "torchscript", opset: int = 
     os.replace(partial, path)
     os.replace(partial_manifest, manifest_path)
     return path
+
+
+def torch_export(
+    model: nn.Module,
+    sample: tuple[torch.Tensor, ...],
+    path: Path,
+    *,
+    exporter: str,
+    opset: int,
+    inputs: dict[str, dict[int, str]],
+    outputs: dict[str, dict[int, str]],
+    positional: bool = False,
+    constant_folding: bool = True,
+) -> None:
+    """``torch.onnx.export`` as users call it: ``exporter`` is ``torchscript``
+    (``dynamo=False``; ``constant_folding`` is its ``do_constant_folding``) or ``dynamo``.
+
+    ``inputs`` and ``outputs`` map names, in order, to their symbolic axes. ``positional``:
+    the model takes all inputs through one ``*inputs`` parameter (a dynamo export then
+    nests the inputs' dynamic shapes in one tuple).
+    """
+    if exporter == "torchscript":
+        options = {
+            "dynamo": False,
+            "do_constant_folding": constant_folding,
+            "dynamic_axes": inputs | outputs,
+        }
+    else:
+        # Axis names become Dim.DYNAMIC and name the model's symbolic dims.
+        shapes: tuple = tuple(inputs.values())
+        options = {
+            "dynamo": True,
+            "external_data": False,
+            "dynamic_shapes": (shapes,) if positional else shapes,
+        }
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            sample,
+            str(path),
+            opset_version=opset,
+            input_names=list(inputs),
+            output_names=list(outputs),
+            **options,
+        )
 
 
 def script_digest() -> str:
