@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -293,18 +294,34 @@ MODELS: dict[str, ModelSpec] = {
 # ------------------------------------------------------------------------------ exporting
 
 
-def export(name: str, folder: Path, exporter: str = "torchscript", opset: int = 17) -> Path:
-    """Build model ``name`` with seed 0, export it to ``folder/NAME.onnx`` and its manifest.
+def export(
+    name: str,
+    folder: Path,
+    exporter: str = "torchscript",
+    opset: int = 17,
+    *,
+    models: Mapping[str, ModelSpec] = MODELS,
+    constant_folding: bool = True,
+    as_initialized: bool = False,
+) -> Path:
+    """Build model ``name`` of ``models`` with seed 0, export it to ``folder/NAME.onnx`` and
+    its manifest.
 
-    Both files are written under temporary names and renamed, so that an interrupted export
-    never leaves a file that a later run would take for a finished one.
+    ``constant_folding=False`` exports with TorchScript's ``do_constant_folding=False``, the
+    raw graph users get when they ask for it (the sweep's setting). ``as_initialized`` keeps
+    the weights as the framework initialized them (BatchNorms that are identities, zero biases,
+    unit LayerNorm scales: identical tensors, which the TorchScript exporter shares between
+    layers) instead of making them look trained. Both files are written
+    under temporary names and renamed, so that an interrupted export never leaves a file that
+    a later run would take for a finished one.
     """
-    spec = MODELS[name]
+    spec = models[name]
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     model = spec.build()
-    randomize_batchnorm(model, generator)
-    perturb_constant_parameters(model, generator)
+    if not as_initialized:
+        randomize_batchnorm(model, generator)
+        perturb_constant_parameters(model, generator)
     model.eval()
     sample = tuple(item.sample(generator) for item in spec.inputs)
     path = folder / f"{name}.onnx"
@@ -319,6 +336,7 @@ def export(name: str, folder: Path, exporter: str = "torchscript", opset: int = 
         inputs={i.name: i.dynamic for i in spec.inputs},
         outputs=spec.outputs,
         positional=isinstance(model, _PositionalCall),
+        constant_folding=constant_folding,
     )
     seconds = time.perf_counter() - start
     manifest = {
@@ -329,6 +347,9 @@ def export(name: str, folder: Path, exporter: str = "torchscript", opset: int = 
         "transformers": _transformers_version(),
         "export_seconds": seconds,
         "script_sha256": script_digest(),
+        "models_sha256": script_digest(inspect.getfile(spec.build)),
+        "constant_folding": constant_folding if exporter == "torchscript" else None,
+        "as_initialized": as_initialized,
         "inputs": [asdict(item) for item in spec.inputs],
         "outputs": list(spec.outputs),
     }
@@ -385,9 +406,10 @@ def torch_export(
         )
 
 
-def script_digest() -> str:
-    """SHA-256 of this file: an export made by another version of it is not reused."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+def script_digest(path: str | Path = __file__) -> str:
+    """SHA-256 of this file (or of the file that defines a model): an export made by another
+    version of it is not reused."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _transformers_version() -> str | None:
@@ -398,21 +420,44 @@ def _transformers_version() -> str | None:
     return transformers.__version__
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Export the vs_peers model set to ONNX.")
-    parser.add_argument("models", nargs="*", help=f"default: all of {', '.join(MODELS)}")
+def main(
+    argv: Sequence[str] | None = None,
+    models: Mapping[str, ModelSpec] = MODELS,
+    what: str = "the vs_peers model set",
+) -> int:
+    parser = argparse.ArgumentParser(description=f"Export {what} to ONNX.")
+    parser.add_argument("models", nargs="*", help=f"default: all of {', '.join(models)}")
     parser.add_argument("--out", type=Path, required=True, help="folder to write into")
     parser.add_argument("--exporter", choices=EXPORTERS, default="torchscript")
     parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument(
+        "--no-constant-folding",
+        dest="constant_folding",
+        action="store_false",
+        help="TorchScript's do_constant_folding=False: the raw graph",
+    )
+    parser.add_argument(
+        "--as-initialized",
+        action="store_true",
+        help="weights as initialized (identical BatchNorms and biases), not made to look trained",
+    )
     args = parser.parse_args(argv)
-    unknown = [m for m in args.models if m not in MODELS]
+    unknown = [m for m in args.models if m not in models]
     if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(models)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # configs are built in, never downloaded
     torch.set_num_threads(os.cpu_count() or 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in args.models or list(MODELS):
-        path = export(name, args.out, args.exporter, args.opset)
+    for name in args.models or list(models):
+        path = export(
+            name,
+            args.out,
+            args.exporter,
+            args.opset,
+            models=models,
+            constant_folding=args.constant_folding,
+            as_initialized=args.as_initialized,
+        )
         print(f"exported {name} -> {path}", file=sys.stderr)
     return 0
 
