@@ -21,6 +21,7 @@ __all__ = [
     "InvalidModelError",
     "PipelineSpecError",
     "PassError",
+    "PassCrashError",
     "VerificationError",
     "RuntimeMissingError",
     "ProviderUnavailableError",
@@ -65,6 +66,14 @@ class PipelineSpecError(OnnxSlimError):
 
 class PassError(OnnxSlimError):
     """A pass failed while rewriting a graph."""
+
+
+class PassCrashError(PassError):
+    """A pass raised an exception it did not mean to (a bug in onnxslim or in the pass, not in
+    the model): an internal error. The message names the pass; the original exception is
+    chained as ``__cause__`` for ``--debug``."""
+
+    exit_code = EXIT_INTERNAL
 
 
 class VerificationError(OnnxSlimError):

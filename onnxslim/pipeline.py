@@ -33,6 +33,7 @@ from onnxslim.checking import check_model, is_valid
 from onnxslim.errors import (
     InputDataError,
     OnnxSlimError,
+    PassCrashError,
     PassError,
     PipelineSpecError,
     VerificationError,
@@ -314,7 +315,10 @@ class PassManager:
         except OnnxSlimError:
             raise
         except Exception as exc:
-            raise PassError(f"pass '{step.name}' failed: {type(exc).__name__}: {exc}") from exc
+            raise PassCrashError(
+                f"internal error in pass '{step.name}': {type(exc).__name__}: {exc} "
+                "(run with --debug for the traceback, and please report it)"
+            ) from exc
         seconds = time.perf_counter() - start
         # Counting walks the whole graph: after a pass that changed nothing, reuse the counts.
         if changed:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 import pytest
 from conftest import make_model, tensor_info
 from onnx import TensorProto, helper
 
-from onnxslim.errors import PassError, VerificationError
-from onnxslim.model import load
+from onnxslim.errors import EXIT_INTERNAL, PassCrashError, PassError, VerificationError
+from onnxslim.model import load, to_proto
 from onnxslim.pipeline import FixedPoint, Pass, PassContext, PassManager
 
 
@@ -110,9 +111,12 @@ def test_fixed_point_is_capped():
     assert len(records) == 4
 
 
-def test_unexpected_exceptions_become_pass_errors_naming_the_pass():
-    with pytest.raises(PassError, match="pass 'explodes' failed: KeyError"):
+def test_unexpected_exceptions_become_internal_errors_naming_the_pass():
+    with pytest.raises(PassCrashError, match="internal error in pass 'explodes': KeyError") as info:
         PassManager([Explodes()]).run(_relu_chain())
+    assert info.value.exit_code == EXIT_INTERNAL
+    assert isinstance(info.value, PassError)
+    assert isinstance(info.value.__cause__, KeyError)
 
 
 def test_verify_each_names_the_pass_that_changed_outputs():
@@ -212,3 +216,38 @@ def test_keep_if_valid_keeps_a_valid_rewrite():
 
     assert keep_if_valid(ctx, drop_identity, "dropper") is True
     assert [n.op for n in model.graph.nodes] == ["Relu", "Add"]
+
+
+CRASHING_PLUGIN = """
+from onnxslim import Pass, register_pass
+
+
+@register_pass("crashes")
+class Crashes(Pass):
+    def run(self, graph, ctx):
+        return graph.nodes[0].inputs[5].shape
+"""
+
+
+def test_a_pass_that_crashes_exits_3_in_one_line_naming_the_pass(tmp_path):
+    from typer.testing import CliRunner
+
+    from onnxslim.cli import app
+
+    plugin = tmp_path / "crashes.py"
+    plugin.write_text(CRASHING_PLUGIN)
+    model = tmp_path / "model.onnx"
+    onnx.save(to_proto(_relu_chain()), model)
+    out = tmp_path / "out.onnx"
+
+    result = CliRunner().invoke(
+        app,
+        ["optimize", str(model), "-o", str(out), "--plugin", str(plugin), "--passes", "crashes"],
+    )
+
+    assert result.exit_code == EXIT_INTERNAL, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert "internal error in pass 'crashes': IndexError" in lines[0]
+    assert "Traceback" not in result.output
+    assert not out.exists()
