@@ -483,8 +483,8 @@ def test_ratio_zero_is_an_exact_identity():
 def test_groups_it_cannot_follow_are_reported_and_left_whole():
     """A Reshape that mixes channels with rows blocks its group; the rest is pruned."""
     ws = _Weights()
-    ws["rows"] = np.array([0, 64, 8], np.int64)
-    ws.add("fc.w", (4, 8))
+    ws["rows"] = np.array([0, 16, 32], np.int64)  # each channel's 8 rows cut in two
+    ws.add("fc.w", (4, 32))
     ws.add("fc.b", (4,))
     nodes = [
         _conv(ws, "a", "x", (8, 3, 3, 3), DEAD, pads=[1] * 4),

@@ -29,11 +29,16 @@ def prune_spec(
     exclude: list[str] | None = None,
     calib: Path | None = None,
 ) -> str:
-    """The pipeline ``onnxslim prune`` runs: constants folded first (so that Constant nodes
-    are initializers the pass can rewrite), then pruning, then the lossless pipeline, which
-    among others folds the BatchNormalizations that ``bn-scale`` scored."""
+    """The pipeline ``onnxslim prune`` runs: the lossless pipeline first, so that the pass sees
+    the graph it can analyze in a raw export (weights folded out of Transpose and Identity
+    nodes, shapes computed once, Constant nodes as initializers), then pruning, then the
+    lossless pipeline again, which among others folds the BatchNormalizations that ``bn-scale``
+    scored (the first round leaves them for it)."""
     from onnxslim.registry import DEFAULT_PIPELINE
 
+    prepare = DEFAULT_PIPELINE
+    if criterion == "bn-scale":
+        prepare = DEFAULT_PIPELINE.replace("fuse-batchnorm,", "")
     pruning = pass_spec(
         "prune-channels",
         ratio=ratio,
@@ -44,7 +49,7 @@ def prune_spec(
         exclude=list(exclude or []),
         calib=calib,
     )
-    return f"fold-constants,{pruning},{DEFAULT_PIPELINE}"
+    return f"{prepare},{pruning},{DEFAULT_PIPELINE}"
 
 
 @app.command()

@@ -28,10 +28,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnxslim.passes.prune.layout import (
     ChannelGroup,
+    CountRead,
     GroupAnalysis,
     Layout,
     const_value,
-    static_size,
+    element_count,
     tensor_rank,
     tensor_shape,
 )
@@ -143,6 +144,74 @@ def _dims_read(reader: gs.Node, rank: int | None) -> list[int] | None:
     step = int(np.ravel(bounds[3])[0]) if len(bounds) > 3 and bounds[3] is not None else 1
     start, end = (int(np.ravel(b)[0]) for b in bounds[:2])
     return list(range(rank))[slice(start, end, step)]
+
+
+_IGNORED = ()
+_Step = tuple[gs.Tensor | None, int | None, int]
+
+
+def _scalar_step(user: gs.Node, count: gs.Tensor, factor: int) -> _Step | None:
+    """Where ``user`` takes a count held in a one-element tensor: (its output, the position
+    in a shape vector or None, the new factor); None where the count is used otherwise."""
+    if element_count(count) != 1:
+        return None
+    if user.op in ("Unsqueeze", "Squeeze", "Cast") and user.inputs[0] is count:
+        return user.outputs[0], None, factor
+    if user.op == "Mul" and len(user.inputs) == 2:
+        other = user.inputs[1] if user.inputs[0] is count else user.inputs[0]
+        scale = const_value(other)
+        if scale is not None and scale.size == 1 and scale.dtype.kind in "iu":
+            multiple = int(np.ravel(scale)[0])
+            return (user.outputs[0], None, factor * multiple) if multiple > 0 else None
+        return None
+    if user.op == "Concat" and int(user.attrs.get("axis", 0)) == 0:
+        sizes = [element_count(p) for p in user.inputs]
+        position = [i for i, p in enumerate(user.inputs) if p is count][0]
+        if None in sizes[:position]:
+            return None
+        return user.outputs[0], sum(sizes[:position]), factor
+    return None
+
+
+def _shape_step(user: gs.Node, shape: gs.Tensor, position: int, factor: int) -> _Step | None:
+    """Where ``user`` takes a shape vector whose entry ``position`` holds a count: (None,
+    position, factor) for a Reshape or Expand that reads it as its shape, the next tensor to
+    follow, ``_IGNORED`` for the Equal of the expand idiom, or None."""
+    if user.op in ("Reshape", "Expand") and user.inputs[1] is shape and user.inputs[0] is not shape:
+        return None, position, factor
+    if user.op == "Cast" and user.inputs[0] is shape:
+        return user.outputs[0], position, factor
+    if user.op == "Equal" and _expand_mask(user, shape, position):
+        return _IGNORED
+    if user.op == "Where" and user.inputs[2] is shape and user.inputs[0] is not shape:
+        condition = user.inputs[0].inputs[0] if user.inputs[0].inputs else None
+        if (
+            condition is not None
+            and condition.op == "Equal"
+            and _expand_mask(condition, shape, position)
+        ):
+            return user.outputs[0], position, factor
+    return None
+
+
+def _expand_mask(equal: gs.Node, shape: gs.Tensor, position: int) -> bool:
+    """Whether ``equal`` compares ``shape`` with a constant that is below 1 at ``position``
+    (the -1 entries of ``expand``), only for Where nodes that then take ``shape`` itself:
+    a count, which is at least 1, is never replaced."""
+    if len(equal.inputs) != 2 or shape not in equal.inputs:
+        return False
+    other = equal.inputs[1] if equal.inputs[0] is shape else equal.inputs[0]
+    value = const_value(other)
+    length = element_count(shape)
+    if value is None or length is None or value.size not in (1, length):
+        return False
+    if np.broadcast_to(np.ravel(value), (length,))[position] >= 1:
+        return False
+    readers = equal.outputs[0].outputs
+    return all(
+        r.op == "Where" and r.inputs[0] is equal.outputs[0] and r.inputs[2] is shape
+        for r in readers
+    )
 
 
 class _Walk(ReshapeRules):
@@ -266,7 +335,7 @@ class _Walk(ReshapeRules):
             return self._pass_through(node, None)
         out = moved[0]
         for layout in moved[1:]:
-            self.unify(out, layout, self._why(node))
+            out = self.unify(out, layout, self._why(node))
         for tensor, layout in zip(node.inputs, layouts, strict=True):
             if layout is None and not self._broadcasts(tensor, out.axis - out_rank):
                 self.block(out, f"MatMul '{node.name}' mixes in '{tensor.name}' per channel")
@@ -275,7 +344,7 @@ class _Walk(ReshapeRules):
 
     def _op_Shape(self, node: gs.Node) -> bool:
         """Reading a shape is harmless while the channel count read out of it only becomes
-        the entry of a Reshape target for a tensor of the same channels."""
+        entries of Reshape targets and Expand shapes for tensors of the same channels."""
         layout = self._only_first(node)
         if layout is None:
             return True
@@ -284,40 +353,39 @@ class _Walk(ReshapeRules):
         for reader in node.outputs[0].outputs:
             read = None if partial else _dims_read(reader, rank)
             if read is not None and layout.axis in read:
-                counted = len(read) == 1 and self._count_into_reshapes(reader.outputs[0], layout)
+                counted = len(read) == 1 and self._count_into_shapes(reader.outputs[0], layout)
                 read = read if counted else None
             if read is None:
                 self.block(layout, f"the channel count is read through Shape '{node.name}'")
         return True
 
-    def _count_into_reshapes(self, count: gs.Tensor, layout: Layout) -> bool:
-        """Whether the channel count ``count`` only flows, through Unsqueeze, Squeeze, Cast
-        and Concat, into Reshape targets; records their entries in ``self.counts``."""
-        found: dict[tuple[int, int], Layout] = {}
-        pending = [count]
+    def _count_into_shapes(self, count: gs.Tensor, layout: Layout) -> bool:
+        """Whether the channel count ``count`` only becomes entries of Reshape targets and
+        Expand shapes; records those entries in ``self.counts``.
+
+        On the way it may pass Unsqueeze, Squeeze and Cast, a Mul by a constant (the copies
+        of a key/value head in grouped-query attention), Concat into a shape, and the
+        ``Where(Equal(shape, -1), 1, shape)`` that TorchScript writes for ``expand``."""
+        found: dict[tuple[int, int], CountRead] = {}
+        pending: list[tuple[gs.Tensor, int | None, int]] = [(count, None, 1)]
         while pending:
-            current = pending.pop()
-            shape = tensor_shape(current)
-            if current in self.graph.outputs or shape is None or static_size(shape) != 1:
+            current, position, factor = pending.pop()
+            if current in self.graph.outputs:
                 return False
             for user in current.outputs:
-                if user.op in ("Unsqueeze", "Squeeze", "Cast") and user.inputs[0] is current:
-                    pending.append(user.outputs[0])
+                step = (
+                    _scalar_step(user, current, factor)
+                    if position is None
+                    else _shape_step(user, current, position, factor)
+                )
+                if step is None:
+                    return False
+                if step is _IGNORED:
                     continue
-                target = user.outputs[0]
-                readers = list(target.outputs)
-                if user.op != "Concat" or int(user.attrs.get("axis", 0)) != 0 or not readers:
-                    return False
-                if target in self.graph.outputs or any(
-                    r.op != "Reshape" or r.inputs[1] is not target for r in readers
-                ):
-                    return False
-                sizes = [static_size(tensor_shape(p) or [None]) for p in user.inputs]
-                position = [i for i, p in enumerate(user.inputs) if p is current][0]
-                if None in sizes[:position]:
-                    return False
-                for reshape in readers:
-                    found[(id(reshape), sum(sizes[:position]))] = layout
+                if step[0] is None:  # a Reshape or Expand reads the shape
+                    found[(id(user), position)] = CountRead(layout, factor)
+                else:
+                    pending.append(step)
         self.counts.update(found)
         return True
 
@@ -367,8 +435,9 @@ class _Walk(ReshapeRules):
         out_rank = max(r for _, r in present)
         first_tensor, first = with_layout[0]
         out = first.moved(first.axis + out_rank - tensor_rank(first_tensor))
-        for tensor, layout in with_layout[1:]:
-            self.unify(
+        for tensor, _ in with_layout[1:]:
+            layout = self.layout(tensor)  # as an earlier unify may have left it
+            out = self.unify(
                 out, layout.moved(layout.axis + out_rank - tensor_rank(tensor)), self._why(node)
             )
         for index, tensor in enumerate(node.inputs):

@@ -26,6 +26,7 @@ __all__ = [
     "Segment",
     "Layout",
     "Edit",
+    "CountRead",
     "ChannelGroup",
     "GroupAnalysis",
     "GroupBook",
@@ -33,6 +34,7 @@ __all__ = [
     "tensor_shape",
     "tensor_rank",
     "static_size",
+    "element_count",
 ]
 
 
@@ -87,6 +89,16 @@ class Edit:
     producer: str | None = None
 
 
+@dataclass(frozen=True)
+class CountRead:
+    """A shape entry computed from a channel count read through Shape: ``factor`` times the
+    channel count of ``layout`` (a key/value head count times its copies, in grouped-query
+    attention). At run time it follows whatever count pruning leaves."""
+
+    layout: Layout
+    factor: int = 1
+
+
 @dataclass
 class ChannelGroup:
     """Channels that are removed together, and why they may not be."""
@@ -115,7 +127,12 @@ class GroupAnalysis:
 
 
 def const_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """The values of an initializer or of a Constant node's output; None for anything else."""
+    """The values of an initializer or of a Constant node's output, also behind Identity nodes
+    (the TorchScript exporter shares identical parameters that way); None for anything else."""
+    while isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1:
+        if tensor.inputs[0].op != "Identity":
+            break
+        tensor = tensor.inputs[0].inputs[0]
     if isinstance(tensor, gs.Constant):
         return read_constant(tensor)
     if isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1:
@@ -143,6 +160,12 @@ def static_size(dims) -> int | None:
     return None if any(v is None for v in values) else math.prod(values)
 
 
+def element_count(tensor: gs.Tensor) -> int | None:
+    """How many elements ``tensor`` holds; None when its shape is not known in numbers."""
+    shape = tensor_shape(tensor)
+    return None if shape is None else static_size(shape)
+
+
 class GroupBook:
     """Layouts, groups and edits of one walk over a graph (see the module docstring)."""
 
@@ -156,9 +179,9 @@ class GroupBook:
         self.layouts: dict[str, Layout] = {}
         self.edits: list[Edit] = []
         self.units: dict[int, int] = {}
-        # (id of a Reshape, entry of its target) -> the layout whose channel count the entry
+        # (id of a Reshape or Expand, entry of its shape input) -> the channel count the entry
         # reads through Shape: pruning changes both alike, as long as they agree.
-        self.counts: dict[tuple[int, int], Layout] = {}
+        self.counts: dict[tuple[int, int], CountRead] = {}
         self.retired: set[int] = set()  # groups that a cut replaced by their parts
 
     # ---------------------------------------------------------------- union-find and blocking
@@ -195,18 +218,33 @@ class GroupBook:
             if reason not in reasons:
                 reasons.append(reason)
 
-    def unify(self, a: Layout, b: Layout, reason: str) -> bool:
-        """Make two layouts lose the same channels; block both where they do not line up."""
-        same = a.axis == b.axis and [(s.size, s.block) for s in a.segments] == [
-            (s.size, s.block) for s in b.segments
-        ]
-        if not same:
-            self.block(a, reason)
-            self.block(b, reason)
-            return False
-        for x, y in zip(a.segments, b.segments, strict=True):
-            self.union(x.group, y.group)
-        return True
+    def unify(self, a: Layout, b: Layout, reason: str) -> Layout:
+        """Make two layouts lose the same channels; block both where they do not line up.
+        Returns ``a`` as it stands afterwards.
+
+        Segments of the same length whose blocks differ by a whole factor line up once the
+        finer group loses channels in runs of that factor: query heads meeting the key/value
+        heads they share in grouped-query attention (4 query heads per block of 4 copies of a
+        key head) go four by four."""
+        while a.axis == b.axis and len(a.segments) == len(b.segments):
+            pairs = list(zip(a.segments, b.segments, strict=True))
+            uneven = [(x, y) for x, y in pairs if (x.size, x.block) != (y.size, y.block)]
+            if not uneven:
+                for x, y in pairs:
+                    self.union(x.group, y.group)
+                return a
+            x, y = uneven[0]
+            fine, coarse = (x, y) if x.block <= y.block else (y, x)
+            root = self.find(fine.group)
+            if x.length != y.length or coarse.block % fine.block or root == self.find(coarse.group):
+                break
+            apply = self.coarsen({root}, coarse.block // fine.block)
+            if apply is None:
+                break
+            a, b = apply(a), apply(b)
+        self.block(a, reason)
+        self.block(b, reason)
+        return a
 
     def touch(self, node: gs.Node, layout: Layout | None) -> None:
         for segment in layout.segments if layout else ():
@@ -234,9 +272,14 @@ class GroupBook:
         taken from a stand-in dimension, say) blocks the group instead."""
         edit = Edit(kind, node, **fields)
         if kind == "slice":
-            shape = tensor_shape(node.inputs[edit.index])
+            tensor = node.inputs[edit.index]
+            shape = tensor_shape(tensor)
             if shape is None or shape[edit.axis] != edit.layout.length:
                 self.block(edit.layout, f"{node.op} '{node.name}' does not span the channels")
+                return
+            if const_value(tensor) is None:
+                reason = f"{node.op} '{node.name}' computes its input '{tensor.name}'"
+                self.block(edit.layout, reason)
                 return
         self.edits.append(edit)
 
@@ -255,19 +298,18 @@ class GroupBook:
             dataclasses.replace(e, layout=apply(e.layout), layouts=tuple(map(apply, e.layouts)))
             for e in self.edits
         ]
-        self.counts = {key: apply(old) for key, old in self.counts.items()}
+        self.counts = {
+            key: CountRead(apply(old.layout), old.factor) for key, old in self.counts.items()
+        }
         return apply
 
-    def split_units(self, layout: Layout, axis: int, unit: int) -> Layout | None:
-        """Make the groups of ``layout`` lose channels in runs of ``unit`` from now on, and
-        return the layout of the units along ``axis``; None where a group does not divide
-        into such runs."""
-        roots = {self.find(s.group) for s in layout.segments}
-        if any(s.block != 1 for s in layout.segments) or any(
-            self.sizes[root] % unit for root in roots
-        ):
+    def coarsen(self, roots: set[int], unit: int) -> Callable[[Layout], Layout] | None:
+        """Make the groups ``roots`` lose channels in runs of ``unit`` from now on, everywhere;
+        returns the same rewrite for layouts the caller holds, or None (nothing changed) where
+        a group does not divide into such runs."""
+        if any(self.sizes[root] % unit for root in roots):
             return None
-        self._rewrite(
+        apply = self._rewrite(
             lambda s: (
                 (Segment(s.group, s.size // unit, s.block * unit),)
                 if self.find(s.group) in roots
@@ -277,6 +319,15 @@ class GroupBook:
         for root in roots:
             self.sizes[root] //= unit
             self.units[root] = self.units.get(root, 1) * unit
+        return apply
+
+    def split_units(self, layout: Layout, axis: int, unit: int) -> Layout | None:
+        """Make the groups of ``layout`` lose channels in runs of ``unit`` from now on, and
+        return the layout of the units along ``axis``; None where a group does not divide
+        into such runs."""
+        roots = {self.find(s.group) for s in layout.segments}
+        if any(s.block != 1 for s in layout.segments) or self.coarsen(roots, unit) is None:
+            return None
         return Layout(axis, tuple(Segment(s.group, s.size // unit) for s in layout.segments))
 
     def cut(self, layout: Layout, offsets: set[int]) -> Layout | None:

@@ -8,13 +8,17 @@ groups.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnxslim.passes.prune.layout import (
+    CountRead,
     GroupBook,
     Layout,
     Segment,
     const_value,
+    element_count,
     static_size,
     tensor_rank,
     tensor_shape,
@@ -55,6 +59,19 @@ def _reshape_target(node: gs.Node) -> list[tuple[int | None, _Place | None]] | N
     return entries
 
 
+def _merged_block(dim, length: int, tail: list, rest: list) -> int | None:
+    """Elements per channel when an output axis of size ``dim`` holds the ``length`` channels
+    merged with the first axes of ``tail`` (what follows them in the input), ``rest`` being
+    what follows that output axis; None where it does not. 1: the channels alone; a
+    Flatten-like merge of everything; or only the next axes (the copies of a key/value head
+    folded into the head axis, in grouped-query attention)."""
+    for count in range(len(tail) + 1):
+        block = static_size(tail[:count])
+        if block is not None and dim == length * block and _same_size(rest, tail[count:]):
+            return block
+    return None
+
+
 def _same_size(a: list, b: list) -> bool:
     """Whether two runs of dims hold the same number of elements, symbolic names included."""
     size_a, size_b = static_size(a), static_size(b)
@@ -91,28 +108,35 @@ class ReshapeRules(GroupBook):
         return self._pass_through(node, layout.moved(1, inner))
 
     def _op_Reshape(self, node: gs.Node) -> bool:
-        """Channels kept on one axis, flattened with what follows them, or split into units
-        (attention heads: ``[B, S, H*D]`` to ``[B, S, H, D]``), which then go whole."""
+        """Channels kept on one axis, merged with the axes that follow them, or split into
+        units (attention heads: ``[B, S, H*D]`` to ``[B, S, H, D]``), which then go whole."""
+        return self._reading_counts(node, self._reshape)
+
+    def _reading_counts(
+        self, node: gs.Node, handler: Callable[[gs.Node, dict[int, CountRead]], bool]
+    ) -> bool:
+        """Run ``handler`` with the entries of the node's shape input that read channel counts
+        through Shape; those it does not accept block their groups."""
         counts = {
             entry: self.counts.pop((owner, entry))
             for owner, entry in list(self.counts)
             if owner == id(node)
         }
-        handled = self._reshape(node, counts)
-        for layout in counts.values():
-            self.block(layout, f"the channel count is read through Shape into '{node.name}'")
+        handled = handler(node, counts)
+        for count in counts.values():
+            self.block(count.layout, f"the channel count is read through Shape into '{node.name}'")
         return handled
 
-    def _reads_count(self, counted: Layout | None, out: Layout) -> bool:
-        """Whether a target entry that reads ``counted``'s channel count fits ``out``."""
+    def _reads_count(self, counted: CountRead | None, out: Layout) -> bool:
+        """Whether a shape entry that reads ``counted`` fits ``out``."""
         return (
             counted is not None
-            and len(counted.segments) == len(out.segments) == 1
-            and self.find(counted.segments[0].group) == self.find(out.segments[0].group)
-            and counted.length == out.length
+            and len(counted.layout.segments) == len(out.segments) == 1
+            and self.find(counted.layout.segments[0].group) == self.find(out.segments[0].group)
+            and counted.layout.length * counted.factor == out.length
         )
 
-    def _reshape(self, node: gs.Node, counts: dict[int, Layout]) -> bool:
+    def _reshape(self, node: gs.Node, counts: dict[int, CountRead]) -> bool:
         layout = self._only_first(node)
         if layout is None:
             return self._pass_through(node, None)
@@ -121,14 +145,12 @@ class ReshapeRules(GroupBook):
         if source is None or result is None or target is None or len(target) != len(result):
             return False
         axis, tail = layout.axis, source[layout.axis + 1 :]
-        inner = static_size(tail)
         for position, dim in enumerate(result):
             rest = result[position + 1 :]
             unit = rest[0] if rest and isinstance(rest[0], int) else 0
-            if dim == layout.length and _same_size(rest, tail):
-                out = layout.moved(position)
-            elif inner is not None and dim == layout.length * inner and static_size(rest) == 1:
-                out = layout.moved(position, inner)
+            block = _merged_block(dim, layout.length, tail, rest)
+            if block is not None:
+                out = layout.moved(position, block)
             elif unit and dim * unit == layout.length and _same_size(rest[1:], tail):
                 out = self.split_units(layout, position, unit)
             else:
@@ -176,19 +198,30 @@ class ReshapeRules(GroupBook):
         )
 
     def _op_Expand(self, node: gs.Node) -> bool:
+        return self._reading_counts(node, self._expand)
+
+    def _expand(self, node: gs.Node, counts: dict[int, CountRead]) -> bool:
+        """Channels kept on their axis, which the shape leaves at 1 or states as the channel
+        count: a constant (rewritten) or the count read through Shape (which follows)."""
         layout = self._only_first(node)
         if layout is None:
             return self._pass_through(node, None)
         shape, rank = const_value(node.inputs[1]), tensor_rank(node.inputs[0])
-        if shape is None or rank is None:
+        entries = element_count(node.inputs[1])
+        if rank is None or entries is None:
             return False
-        out_rank = max(rank, len(shape))
+        out_rank = max(rank, entries)
         out = layout.moved(layout.axis + out_rank - rank)
-        position = out.axis - (out_rank - len(shape))
-        if position >= 0 and shape[position] not in (1, layout.length):
-            return False
-        if position >= 0 and shape[position] == layout.length:
+        position = out.axis - (out_rank - entries)
+        if position < 0:
+            return self._pass_through(node, out)
+        if shape is None:
+            if not self._reads_count(counts.pop(position, None), out):
+                return False
+        elif shape[position] == layout.length:
             self.edit("entry", node, index=1, axis=position, layout=out)
+        elif shape[position] != 1:
+            return False
         return self._pass_through(node, out)
 
     # ------------------------------------------------------------------- side by side
@@ -201,11 +234,11 @@ class ReshapeRules(GroupBook):
         axis = int(node.attrs.get("axis", 0)) % rank
         known = [layout for layout in layouts if layout is not None]
         if any(layout.axis != axis for layout in known):
+            if None in layouts:
+                return False
             out = known[0]
-            for layout in layouts:
-                if layout is None:
-                    return False
-                self.unify(out, layout, self._why(node))
+            for tensor in node.inputs:  # as earlier unifies may have left them
+                out = self.unify(out, self.layout(tensor), self._why(node))
             self.touch(node, out)
             return self._pass_through(node, out)
         segments: list[Segment] = []
@@ -273,12 +306,20 @@ class ReshapeRules(GroupBook):
             return self._pass_through(node, None)
         values = [const_value(t) if t.name else None for t in node.inputs[1:5]]
         rank = tensor_rank(node.inputs[0])
-        if len(values) < 2 or values[0] is None or values[1] is None or rank is None:
+        if rank is None or len(values) < 2:
             return False
-        axes = values[2] if len(values) > 2 and values[2] is not None else range(len(values[0]))
-        axes = [int(a) % rank for a in axes]
+        axes = values[2] if len(values) > 2 and values[2] is not None else None
+        if axes is None and len(values) > 2 and node.inputs[3].name:
+            return False  # computed axes
+        if axes is None and values[0] is None:
+            return False
+        axes = [int(a) % rank for a in (range(len(values[0])) if axes is None else axes)]
         if layout.axis not in axes:
+            # Bounds computed from shapes (the rotary embedding's halves of a head) do not
+            # matter along other axes.
             return self._pass_through(node, layout)
+        if values[0] is None or values[1] is None:
+            return False
         position = axes.index(layout.axis)
         steps = values[3] if len(values) > 3 and values[3] is not None else None
         if steps is not None and steps[position] != 1:
