@@ -628,3 +628,42 @@ def test_prune_command_writes_a_pruned_model_and_reports_the_groups(tmp_path: Pa
     )
     bad = runner.invoke(app, ["prune", str(source), "--criterion", "activation", "-o", str(target)])
     assert bad.exit_code == 2
+
+
+def test_a_reshape_target_shared_with_a_group_that_keeps_its_channels_is_copied():
+    """Two projections split into 2 heads of 4 and merged back through the same computed
+    targets (CSE shares them across layers); only the first loses a head, so it gets targets
+    of its own and the second keeps the originals."""
+    ws = _Weights()
+    ws["first"], ws["heads"], ws["width"] = (np.array(v, np.int64) for v in ([0], [2, 4], [8]))
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "first"], ["batch"]),
+        helper.make_node("Concat", ["batch", "heads"], ["split_target"], axis=0),
+        helper.make_node("Concat", ["batch", "width"], ["merge_target"], axis=0),
+    ]
+    for name, dead in (("w1", [4, 5, 6, 7]), ("w2", None)):
+        ws.add(f"{name}.w", (6, 8), dead, axis=1)
+        ws.add(f"{name}.v", (8, 3))
+        nodes += [
+            helper.make_node("MatMul", ["x", f"{name}.w"], [f"{name}.p"], name=name),
+            helper.make_node("Reshape", [f"{name}.p", "split_target"], [f"{name}.h"]),
+            helper.make_node("Relu", [f"{name}.h"], [f"{name}.r"]),
+            helper.make_node("Reshape", [f"{name}.r", "merge_target"], [f"{name}.f"]),
+            helper.make_node("MatMul", [f"{name}.f", f"{name}.v"], [f"{name}.o"]),
+        ]
+    nodes.append(helper.make_node("Add", ["w1.o", "w2.o"], ["y"]))
+    proto = make_model(
+        nodes, [tensor_info("x", FLOAT, ["N", 6])], [tensor_info("y", FLOAT, ["N", 3])], dict(ws)
+    )
+
+    pruned, tables = _prune(proto, "prune-channels(ratio=0.5, exclude=w2)")
+
+    status = {row[0]: row for row in tables["channel groups"].rows}
+    assert status["w1"][2:5:2] == ["2 -> 1 (x4)", "pruned"]
+    assert status["w2"][4] == "unprunable: excluded"
+    assert sum(node.op_type == "Concat" for node in pruned.graph.node) == 4
+    feeds = _feeds(proto)
+    np.testing.assert_allclose(
+        run_model(pruned, feeds)[0], run_model(proto, feeds)[0], rtol=RTOL, atol=ATOL
+    )

@@ -77,7 +77,9 @@ class Edit:
     kept lengths of ``layouts``) or ``bounds`` (a Slice's start and end at position ``axis``
     of its axes, from ``layouts`` = what lies before and what is taken).
     ``producer`` marks constants whose magnitude along ``axis`` scores the channels:
-    ``weight`` (Conv, Gemm, MatMul) or ``bn`` (a BatchNormalization scale).
+    ``weight`` (Conv, Gemm, MatMul) or ``bn`` (a BatchNormalization scale). ``reader`` is set
+    on an ``entry`` of a Concat whose shape other nodes read too: the edit applies to a copy
+    of the Concat for that reader alone.
     """
 
     kind: str
@@ -87,6 +89,7 @@ class Edit:
     layout: Layout | None = None
     layouts: tuple[Layout, ...] = ()
     producer: str | None = None
+    reader: gs.Node | None = None  # an entry's Reshape or Expand, where others share its shape
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,10 @@ __all__ = ["ReshapeRules"]
 _Place = tuple[gs.Node, int, int]  # (node, its constant input, element): where an entry lives
 
 
-def _reshape_target(node: gs.Node) -> list[tuple[int | None, _Place | None]] | None:
-    """A Reshape's target shape, entry by entry: the value where it is known and where it can
-    be rewritten. The target is constant, or concatenated from pieces of which only the
-    constant ones are known (exporters compute batch and sequence entries from Shape)."""
+def _shape_entries(node: gs.Node) -> list[tuple[int | None, _Place | None]] | None:
+    """A Reshape's target or an Expand's shape, entry by entry: the value where it is known and
+    where it can be rewritten. The shape is constant, or concatenated from pieces of which only
+    the constant ones are known (exporters compute batch and sequence entries from Shape)."""
     values = const_value(node.inputs[1])
     if values is not None:
         return [(int(v), (node, 1, i)) for i, v in enumerate(np.ravel(values))]
@@ -43,15 +43,11 @@ def _reshape_target(node: gs.Node) -> list[tuple[int | None, _Place | None]] | N
     concat = target.inputs[0] if isinstance(target, gs.Variable) and target.inputs else None
     if concat is None or concat.op != "Concat":
         return None
-    shared = len(target.outputs) != 1  # other Reshapes would follow an edit too
     entries: list[tuple[int | None, _Place | None]] = []
     for index, piece in enumerate(concat.inputs):
         values, shape = const_value(piece), tensor_shape(piece)
         if values is not None:
-            entries.extend(
-                (int(v), None if shared else (concat, index, i))
-                for i, v in enumerate(np.ravel(values))
-            )
+            entries.extend((int(v), (concat, index, i)) for i, v in enumerate(np.ravel(values)))
         elif shape is not None and len(shape) == 1 and isinstance(shape[0], int):
             entries.extend([(None, None)] * shape[0])
         else:
@@ -141,7 +137,7 @@ class ReshapeRules(GroupBook):
         if layout is None:
             return self._pass_through(node, None)
         source, result = tensor_shape(node.inputs[0]), tensor_shape(node.outputs[0])
-        target = _reshape_target(node)
+        target = _shape_entries(node)
         if source is None or result is None or target is None or len(target) != len(result):
             return False
         axis, tail = layout.axis, source[layout.axis + 1 :]
@@ -165,11 +161,19 @@ class ReshapeRules(GroupBook):
             elif value != -1:
                 if place is None:
                     break
-                owner, index, element = place
-                self.edit("entry", owner, index=index, axis=element, layout=out)
+                self._edit_entry(node, place, out)
             return self._pass_through(node, out)
         self.block(layout, f"Reshape '{node.name}' splits or mixes the channel axis")
         return True
+
+    def _edit_entry(self, reader: gs.Node, place: _Place, layout: Layout) -> None:
+        """Record that the shape entry at ``place`` follows the channel count of ``layout``.
+        Where the shape is concatenated once for several readers (CSE shares the keys' and
+        values' repeat shapes across layers), the surgery gives ``reader`` its own copy."""
+        owner, index, element = place
+        shared = owner is not reader and len(reader.inputs[1].outputs) > 1
+        edit = {"reader": reader} if shared else {}
+        self.edit("entry", owner, index=index, axis=element, layout=layout, **edit)
 
     def _op_Squeeze(self, node: gs.Node) -> bool:
         return self._reshape_axes(node, unsqueeze=False)
@@ -206,21 +210,23 @@ class ReshapeRules(GroupBook):
         layout = self._only_first(node)
         if layout is None:
             return self._pass_through(node, None)
-        shape, rank = const_value(node.inputs[1]), tensor_rank(node.inputs[0])
-        entries = element_count(node.inputs[1])
-        if rank is None or entries is None:
+        shape, rank, entries = _shape_entries(node), tensor_rank(node.inputs[0]), None
+        if shape is None and (entries := element_count(node.inputs[1])) is not None:
+            shape = [(None, None)] * entries  # computed whole: counts read through Shape
+        if rank is None or shape is None:
             return False
-        out_rank = max(rank, entries)
+        out_rank = max(rank, len(shape))
         out = layout.moved(layout.axis + out_rank - rank)
-        position = out.axis - (out_rank - entries)
+        position = out.axis - (out_rank - len(shape))
         if position < 0:
             return self._pass_through(node, out)
-        if shape is None:
+        value, place = shape[position]
+        if value is None:
             if not self._reads_count(counts.pop(position, None), out):
                 return False
-        elif shape[position] == layout.length:
-            self.edit("entry", node, index=1, axis=position, layout=out)
-        elif shape[position] != 1:
+        elif value == layout.length and place is not None:
+            self._edit_entry(node, place, out)
+        elif value != 1:
             return False
         return self._pass_through(node, out)
 

@@ -79,11 +79,33 @@ class _Surgeon:
         self.set_constant(edit.node, edit.index, np.take(values, self.kept(edit.layout), edit.axis))
 
     def _entry(self, edit: Edit) -> None:
-        values = np.array(const_value(edit.node.inputs[edit.index]))
+        node = edit.node if edit.reader is None else self.own_shape(edit.reader)
+        values = np.array(const_value(node.inputs[edit.index]))
         if values[edit.axis] in (0, -1):
             return
         values[edit.axis] = len(self.kept(edit.layout))
-        self.set_constant(edit.node, edit.index, values)
+        self.set_constant(node, edit.index, values)
+
+    def own_shape(self, reader: gs.Node) -> gs.Node:
+        """The Concat that makes ``reader``'s shape input, copied for ``reader`` alone when
+        other nodes read the same shape."""
+        shape = reader.inputs[1]
+        concat = shape.inputs[0]
+        if len(shape.outputs) == 1:
+            return concat
+        output = gs.Variable(
+            fresh_name(f"{shape.name}_pruned", self.taken), shape.dtype, shape.shape
+        )
+        copy = gs.Node(
+            "Concat",
+            fresh_name(f"{concat.name}_pruned", self.taken),
+            dict(concat.attrs),
+            list(concat.inputs),
+            [output],
+        )
+        self.graph.nodes.append(copy)
+        reader.inputs[1] = output
+        return copy
 
     def _group(self, edit: Edit) -> None:
         edit.node.attrs["group"] = len(self.kept(edit.layout))
@@ -120,6 +142,7 @@ def remove_channels(
     surgeon = _Surgeon(graph, analysis, keep)
     for edit in analysis.edits:
         surgeon.apply(edit)
+    graph.toposort()  # after the Concats copied for one reader
     tensors = graph.tensors()
     changed = 0
     for name, layout in analysis.layouts.items():
