@@ -12,9 +12,9 @@ takes at most the faster peer's time, peaks at most at the leaner peer's memory,
 outputs equal.
 
 Exports are cached in ``--workdir`` (default ``.bench/sweep``), so a rerun only measures.
-``--models`` and ``--exporters`` run a subset. ``bench/setup_peers.sh`` makes the three
-environments it needs besides ours: ``.venv-peers``, and ``.venv-vision`` (torch with
-torchvision) for the exports.
+``--models`` and ``--exporters`` run a subset. ``bash bench/setup_peers.sh peers vision``
+makes the two environments it needs besides ours: ``.venv-peers``, and ``.venv-vision``
+(torch with torchvision) for the exports.
 """
 
 from __future__ import annotations
@@ -211,11 +211,12 @@ def summarize(rows: Sequence[SweepRow]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ output
 
 
-def _cell(rows: SweepRow, label: str, value: Callable[[ToolRun], float], fmt: str) -> str:
-    run = rows.run(label)
+def _cell(row: SweepRow, label: str, value: Callable[[ToolRun], float], fmt: str) -> str:
+    """One tool's number, in bold where it is the best of the tools."""
+    run = row.run(label)
     if run is None:
         return "[red]failed[/]"
-    present = [value(r) for t in TOOLS if (r := rows.run(t.label)) is not None]
+    present = [value(r) for t in TOOLS if (r := row.run(t.label)) is not None]
     text = f"{value(run):{fmt}}"
     return f"[bold]{text}[/]" if value(run) == min(present) and len(present) > 1 else text
 

@@ -1,6 +1,6 @@
 """The sweep's model set: architectures beyond ``vs_peers.py``'s five, to export and compare.
 
-Run with ``.venv-vision``'s Python (``bench/setup_peers.sh`` makes it: torch 2.14.1 with
+Run with ``.venv-vision``'s Python (``bash bench/setup_peers.sh vision`` makes it: torch 2.14.1 with
 torchvision 0.29.1, which PyPI's torchvision needs, plus transformers and onnxscript);
 ``sweep.py`` calls it for each model it lacks. By hand::
 
