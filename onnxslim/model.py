@@ -16,7 +16,10 @@ are never copied when they need not be.
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError, Message
-from onnx import external_data_helper, numpy_helper
+from onnx import TensorProto, external_data_helper, numpy_helper
 from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
 from onnx_graphsurgeon.importers.onnx_importer import get_numpy_type
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
@@ -42,12 +45,17 @@ __all__ = [
     "copy_graph",
     "Model",
     "load",
+    "load_skeleton",
     "save",
     "refuse_overwriting_sources",
     "to_proto",
     "stub_proto",
     "read_constant",
     "read_constant_bytes",
+    "external_data_file",
+    "external_ref",
+    "read_external",
+    "expected_nbytes",
     "constant_nbytes",
     "iter_graphs",
     "all_constants",
@@ -77,11 +85,194 @@ _TAG_GRAPH_INITIALIZER = bytes([(_GRAPH_INITIALIZER_FIELD << 3) | 2])
 _FIXED_SIZES = {1: 8, 5: 4}
 
 
+# ----------------------------------------------------------------------------- external data
+#
+# A model names its external data files itself, in each tensor's ``location``: a model from
+# elsewhere could name ``../../.ssh/id_rsa``. Every read of external data therefore goes
+# through external_data_file(), which refuses anything that resolves outside the model's
+# folder; otherwise saving would copy that file into the output as if it were a weight.
+
+_OUTSIDE = "points outside the model's folder"
+# Bits per element of the element types whose size is fixed (those absent from this onnx
+# release are skipped); sub-byte types are packed.
+_ELEMENT_BITS = {
+    getattr(TensorProto, name): bits
+    for bits, names in (
+        (2, ("UINT2", "INT2")),
+        (4, ("UINT4", "INT4", "FLOAT4E2M1")),
+        (8, ("UINT8", "INT8", "BOOL", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2")),
+        (8, ("FLOAT8E5M2FNUZ", "FLOAT8E8M0")),
+        (16, ("UINT16", "INT16", "FLOAT16", "BFLOAT16")),
+        (32, ("FLOAT", "INT32", "UINT32")),
+        (64, ("DOUBLE", "INT64", "UINT64", "COMPLEX64")),
+        (128, ("COMPLEX128",)),
+    )
+    for name in names
+    if hasattr(TensorProto, name)
+}
+
+
+@dataclass(frozen=True)
+class ExternalRef:
+    """Where an external tensor's bytes are: a range of a regular file in the model's folder."""
+
+    location: str
+    path: Path
+    offset: int
+    length: int
+
+
+def external_data_file(base_dir: Path, location: str) -> Path:
+    """The file that external data ``location`` names, resolved (symlinks included).
+
+    A ModelLoadError when the path is outside ``base_dir``, the model's folder. Only the
+    resolved path is compared, before anything is asked about the file itself, so an outside
+    path gets the same message whether or not something exists there.
+    """
+    if not location or "\0" in location:
+        raise ModelLoadError(f"external data location '{location}' is not a file name")
+    folder = base_dir.resolve()
+    try:
+        path = (folder / location).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop: where it leads is not for us to say
+        raise ModelLoadError(f"external data '{location}' {_OUTSIDE}") from exc
+    if not path.is_relative_to(folder):
+        raise ModelLoadError(f"external data '{location}' {_OUTSIDE}")
+    return path
+
+
+def external_ref(tensor: onnx.TensorProto, base_dir: Path | None) -> ExternalRef:
+    """Check where an external tensor's bytes are, without reading them: inside the model's
+    folder, a regular file, and a range of it that holds exactly what the tensor's type and
+    shape need. Raises ModelLoadError with one line otherwise."""
+    location, offset, length = _external_entries(tensor)
+    if base_dir is None:
+        raise ModelLoadError(
+            "the model refers to external data but was given without a folder: "
+            "load it from its file path instead"
+        )
+    path = external_data_file(base_dir, location)
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise ModelLoadError(
+            f"external data file '{location}' of tensor '{tensor.name}' is missing "
+            f"(looked in {base_dir})"
+        ) from None
+    except OSError as exc:
+        raise ModelLoadError(
+            f"external data file '{location}' of tensor '{tensor.name}' cannot be read "
+            f"({exc.strerror})"
+        ) from None
+    if not stat.S_ISREG(status.st_mode):
+        raise ModelLoadError(
+            f"external data '{location}' of tensor '{tensor.name}' is not a regular file"
+        )
+    expected = expected_nbytes(tensor)
+    if length is None:
+        length = expected if expected is not None else max(status.st_size - offset, 0)
+    if expected is not None and length != expected:
+        raise ModelLoadError(
+            f"external data of tensor '{tensor.name}' is {length} bytes long; its type and "
+            f"shape need {expected}"
+        )
+    if offset + length > status.st_size:
+        raise ModelLoadError(
+            f"external data of tensor '{tensor.name}' runs past the end of '{location}' "
+            f"(bytes {offset} to {offset + length}, the file has {status.st_size})"
+        )
+    return ExternalRef(location, path, offset, length)
+
+
+def _external_entries(tensor: onnx.TensorProto) -> tuple[str, int, int | None]:
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    try:
+        offset = int(entries.get("offset") or 0)
+        length = int(entries["length"]) if entries.get("length") else None
+    except ValueError:
+        offset, length = -1, None
+    if offset < 0 or (length is not None and length < 0):
+        raise ModelLoadError(
+            f"external data of tensor '{tensor.name}' has a malformed offset or length"
+        )
+    return entries.get("location", ""), offset, length
+
+
+def expected_nbytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes of a tensor's raw data as its type and shape declare them; None for strings and
+    types of no fixed size."""
+    bits = _ELEMENT_BITS.get(tensor.data_type)
+    if bits is None:
+        return None
+    return (math.prod(tensor.dims) * bits + 7) // 8
+
+
+def read_external(
+    tensor: onnx.TensorProto, base_dir: Path | None, limit: int | None = None
+) -> bytes:
+    """An external tensor's bytes (at most ``limit`` of them), read after external_ref's
+    checks."""
+    ref = external_ref(tensor, base_dir)
+    wanted = ref.length if limit is None else min(limit, ref.length)
+    with _open_external(ref) as handle:
+        handle.seek(ref.offset)
+        data = handle.read(wanted)
+    if len(data) != wanted:
+        raise ModelLoadError(f"external data file '{ref.location}' is shorter than recorded")
+    return data
+
+
+def _external_chunks(
+    tensor: onnx.TensorProto, base_dir: Path | None
+) -> tuple[Iterator[bytes], int]:
+    """An external tensor's bytes in blocks (for copying without holding them), and their
+    count."""
+    ref = external_ref(tensor, base_dir)
+
+    def chunks() -> Iterator[bytes]:
+        with _open_external(ref) as handle:
+            handle.seek(ref.offset)
+            left = ref.length
+            while left > 0:
+                block = handle.read(min(_COPY_CHUNK, left))
+                if not block:
+                    raise ModelLoadError(
+                        f"external data file '{ref.location}' is shorter than recorded"
+                    )
+                left -= len(block)
+                yield block
+
+    return chunks(), ref.length
+
+
+def _open_external(ref: ExternalRef):
+    """The checked file, opened without following a symlink put in its place since."""
+    try:
+        fd = os.open(ref.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ModelLoadError(f"external data '{ref.location}' {_OUTSIDE}") from None
+        raise ModelLoadError(
+            f"external data file '{ref.location}' cannot be read ({exc.strerror})"
+        ) from None
+    return os.fdopen(fd, "rb")
+
+
+def _inlined(tensor: onnx.TensorProto, base_dir: Path | None) -> onnx.TensorProto:
+    """A copy of an external tensor with its bytes read in."""
+    inline = onnx.TensorProto()
+    inline.CopyFrom(tensor)
+    inline.raw_data = read_external(tensor, base_dir)
+    inline.ClearField("data_location")
+    del inline.external_data[:]
+    return inline
+
+
 class ExternalValues(LazyValues):
     """LazyValues for a tensor whose bytes live in an external data file.
 
-    gs's own LazyValues resolves external data relative to the working directory; this one
-    remembers the model's folder.
+    gs's own LazyValues resolves external data relative to the working directory and follows
+    any path; this one reads from the model's folder, through :func:`read_external`.
     """
 
     def __init__(self, tensor: onnx.TensorProto, base_dir: Path) -> None:
@@ -89,9 +280,7 @@ class ExternalValues(LazyValues):
         self.base_dir = base_dir
 
     def load(self) -> np.ndarray:
-        detached = onnx.TensorProto()
-        detached.CopyFrom(self.tensor)  # loading fills raw_data in place; keep ours a reference
-        return np.array(numpy_helper.to_array(detached, base_dir=str(self.base_dir)))
+        return np.array(numpy_helper.to_array(_inlined(self.tensor, self.base_dir)))
 
 
 @dataclass
@@ -147,8 +336,8 @@ class Model:
         for tensor in all_constants(self.graph):
             values = tensor._values
             if isinstance(values, ExternalValues):
-                info = external_data_helper.ExternalDataInfo(values.tensor)
-                files.add((values.base_dir / info.location).resolve())
+                location = _external_entries(values.tensor)[0]
+                files.add(external_data_file(values.base_dir, location))
         return files
 
 
@@ -225,11 +414,7 @@ def read_constant_bytes(tensor: gs.Constant, limit: int | None = None) -> bytes 
     """
     values = tensor._values
     if isinstance(values, ExternalValues):
-        info = external_data_helper.ExternalDataInfo(values.tensor)
-        length = info.length or constant_nbytes(tensor)
-        with open(values.base_dir / info.location, "rb") as handle:
-            handle.seek(info.offset or 0)
-            return handle.read(length if limit is None else min(limit, length))
+        return read_external(values.tensor, values.base_dir, limit)
     if (
         isinstance(values, LazyValues)
         and not isinstance(values, SparseValues)
@@ -263,16 +448,46 @@ def load(source: ModelSource) -> Model:
     if isinstance(source, bytes | bytearray):
         return _from_proto(_parse(bytes(source), "<bytes>"), base_dir=None, source=None)
 
-    path = Path(source)
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file")
-    if path.is_dir():
-        raise ModelLoadError(f"{path}: is a directory, not an ONNX model file")
-    try:
-        proto = _parse_file(path)
-    except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from exc
+    path = _model_file(source)
+    proto = _parse_file(path)
     return _from_proto(proto, base_dir=path.parent.resolve(), source=path.resolve())
+
+
+def load_skeleton(source: str | os.PathLike | bytes) -> onnx.ModelProto:
+    """A model file (or serialized bytes) as a ModelProto whose top-level initializers keep
+    their names, types and shapes but not their bytes, after the checks :func:`load` makes
+    of its external data.
+
+    For handing a path to onnxruntime, which reads the file itself: the model's signature,
+    and the assurance that its external data stays inside its folder, at the memory of one
+    tensor.
+    """
+    if isinstance(source, bytes | bytearray):
+        proto, base_dir = _parse(bytes(source), "<bytes>"), None
+    else:
+        path = _model_file(source)
+        proto, base_dir = _parse_file(path, keep_data=False), path.parent.resolve()
+    for tensor in _all_tensor_protos(proto):
+        if _is_external(tensor):
+            external_ref(tensor, base_dir)
+    return proto
+
+
+def _model_file(source: str | os.PathLike) -> Path:
+    """The path of a model file that exists and is a regular file (not a folder, a device or
+    a pipe, which cannot be parsed record by record)."""
+    path = Path(source)
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise ModelLoadError(f"{path}: is a directory, not an ONNX model file")
+    if not stat.S_ISREG(status.st_mode):
+        raise ModelLoadError(f"{path}: is not a regular file")
+    return path
 
 
 def _parse(data: bytes, label: str) -> onnx.ModelProto:
@@ -298,8 +513,9 @@ def _checked_is_model(proto: onnx.ModelProto, label: str) -> onnx.ModelProto:
     return proto
 
 
-def _parse_file(path: Path) -> onnx.ModelProto:
-    """Parse a model file holding at most one initializer's bytes beside the parsed model.
+def _parse_file(path: Path, keep_data: bool = True) -> onnx.ModelProto:
+    """Parse a model file holding at most one initializer's bytes beside the parsed model
+    (none of them without ``keep_data``).
 
     Parsing the whole file at once would hold its bytes and the parsed model together: twice
     the model. Instead the records of the model and of its graph are read one by one; each
@@ -307,6 +523,13 @@ def _parse_file(path: Path) -> onnx.ModelProto:
     gathered and merged in at the end. Protobuf merges concatenated records, so the result is
     what a whole-file parse gives.
     """
+    try:
+        return _checked_is_model(_parse_records(path, keep_data), str(path))
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from exc
+
+
+def _parse_records(path: Path, keep_data: bool) -> onnx.ModelProto:
     with open(path, "rb") as handle:
         reader = _RecordReader(handle)
         if reader.end == 0:
@@ -321,14 +544,35 @@ def _parse_file(path: Path) -> onnx.ModelProto:
                 proto.graph.SetInParent()
                 for inner, inner_head, inner_length in reader.records(handle.tell() + length):
                     if inner == _GRAPH_INITIALIZER_FIELD and inner_length is not None:
-                        proto.graph.initializer.add().ParseFromString(reader.read(inner_length))
+                        tensor = proto.graph.initializer.add()
+                        tensor.ParseFromString(reader.read(inner_length))
+                        if not keep_data:
+                            _drop_data(tensor)
                     else:
                         graph_rest += inner_head + reader.read(inner_length or 0)
             proto.MergeFromString(bytes(model_rest))
             proto.graph.MergeFromString(bytes(graph_rest))
         except DecodeError as exc:
             raise _not_protobuf(str(path), exc) from exc
-    return _checked_is_model(proto, str(path))
+    return proto
+
+
+_DATA_FIELDS = (
+    "raw_data",
+    "float_data",
+    "int32_data",
+    "string_data",
+    "int64_data",
+    "double_data",
+    "uint64_data",
+)
+
+
+def _drop_data(tensor: onnx.TensorProto) -> None:
+    """Clear an inline tensor's values, keeping what describes it (external ones keep their
+    reference)."""
+    for name in _DATA_FIELDS:
+        tensor.ClearField(name)
 
 
 class _RecordReader:
@@ -383,23 +627,14 @@ class _RecordReader:
 
 
 def _from_proto(proto: onnx.ModelProto, base_dir: Path | None, source: Path | None) -> Model:
-    external = [
-        t
-        for t in external_data_helper._get_all_tensors(proto)
-        if external_data_helper.uses_external_data(t)
-    ]
-    if external and base_dir is None:
-        raise ModelLoadError(
-            "the model refers to external data but was given without a folder: "
-            "load it from its file path instead"
-        )
+    external = [t for t in _all_tensor_protos(proto) if _is_external(t)]
     for tensor in external:
-        location = external_data_helper.ExternalDataInfo(tensor).location
-        if not (base_dir / location).is_file():
-            raise ModelLoadError(
-                f"external data file '{location}' of tensor '{tensor.name}' is missing "
-                f"(looked in {base_dir})"
-            )
+        external_ref(tensor, base_dir)
+    # Sparse tensors are read whole by every tool (gs included): read their parts in now.
+    for sparse in _sparse_tensor_protos(proto):
+        for part in (sparse.values, sparse.indices):
+            if _is_external(part):
+                part.CopyFrom(_inlined(part, base_dir))
     top_level = frozenset(t.name for t in proto.graph.initializer)
     try:
         graph = gs.import_onnx(proto)
@@ -549,16 +784,18 @@ def _read_sparse_values_exactly(graph: gs.Graph) -> None:
 
 
 def _attach_base_dir(graph: gs.Graph, base_dir: Path) -> None:
-    for tensor in all_constants(graph):
-        values = tensor._values
-        if (
-            isinstance(values, LazyValues)
-            and not isinstance(values, SparseValues)
-            and external_data_helper.uses_external_data(values.tensor)
-        ):
-            tensor._values = ExternalValues(values.tensor, base_dir)
-    for function in graph.functions:
-        _attach_base_dir(function, base_dir)
+    """Make every external constant (initializers and node attributes, in subgraphs and
+    local functions too) read its bytes from the model's folder, through read_external."""
+    for g in (*iter_graphs(graph), *(sub for f in graph.functions for sub in iter_graphs(f))):
+        constants = [t for t in g.tensors().values() if isinstance(t, gs.Constant)]
+        for node in g.nodes:
+            for value in node.attrs.values():
+                values = value if isinstance(value, list) else [value]
+                constants.extend(v for v in values if isinstance(v, gs.Constant))
+        for tensor in constants:
+            values = tensor._values
+            if type(values) is LazyValues and _is_external(values.tensor):
+                tensor._values = ExternalValues(values.tensor, base_dir)
 
 
 # ----------------------------------------------------------------------------------- export
@@ -675,7 +912,8 @@ def _restore_model_fields(proto: onnx.ModelProto, shell: onnx.ModelProto) -> Non
     proto.CopyFrom(rebuilt)
 
 
-def _subgraph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+def _subgraph_protos(graph: onnx.GraphProto | onnx.FunctionProto) -> Iterator[onnx.GraphProto]:
+    """Every subgraph (If/Loop/Scan body) of a graph's or function's nodes, at any depth."""
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
@@ -685,6 +923,48 @@ def _subgraph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                 for g in attr.graphs:
                     yield g
                     yield from _subgraph_protos(g)
+
+
+def _graphs_and_functions(
+    proto: onnx.ModelProto,
+) -> Iterator[onnx.GraphProto | onnx.FunctionProto]:
+    yield proto.graph
+    yield from _subgraph_protos(proto.graph)
+    for function in proto.functions:
+        yield function
+        yield from _subgraph_protos(function)
+
+
+def _sparse_tensor_protos(proto: onnx.ModelProto) -> Iterator[onnx.SparseTensorProto]:
+    """Sparse initializers and sparse node attributes, everywhere in the model."""
+    for graph in _graphs_and_functions(proto):
+        if isinstance(graph, onnx.GraphProto):
+            yield from graph.sparse_initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("sparse_tensor"):
+                    yield attr.sparse_tensor
+                yield from attr.sparse_tensors
+
+
+def _all_tensor_protos(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of the model: initializers, node attributes and the parts of sparse
+    tensors, in the graph, its subgraphs and local functions."""
+    for graph in _graphs_and_functions(proto):
+        if isinstance(graph, onnx.GraphProto):
+            yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+    for sparse in _sparse_tensor_protos(proto):
+        yield sparse.values
+        yield sparse.indices
+
+
+def _is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == TensorProto.EXTERNAL
 
 
 def _data_less(tensor: gs.Constant) -> onnx.TensorProto:
@@ -789,25 +1069,6 @@ def _inline_nested_external(proto: onnx.ModelProto, base_dir: Path | None) -> No
             tensor.CopyFrom(_inlined(tensor, base_dir))
 
 
-def _inlined(tensor: onnx.TensorProto, base_dir: Path | None) -> onnx.TensorProto:
-    """A copy of an external tensor with its bytes read in."""
-    inline = onnx.TensorProto()
-    inline.CopyFrom(tensor)
-    info = external_data_helper.ExternalDataInfo(tensor)
-    try:
-        external_data_helper.load_external_data_for_tensor(inline, str(base_dir))
-        # Older onnx releases return short data silently when the file was truncated.
-        if info.length and len(inline.raw_data) != info.length:
-            raise ValueError(f"expected {info.length} bytes, found {len(inline.raw_data)}")
-    except (OSError, ValueError) as exc:
-        raise ModelSaveError(
-            f"cannot read external data of tensor '{tensor.name}' from {info.location}: {exc}"
-        ) from exc
-    inline.ClearField("data_location")
-    del inline.external_data[:]
-    return inline
-
-
 def _source_dir(constant: gs.Constant, default: Path | None) -> Path | None:
     values = constant._values
     return values.base_dir if isinstance(values, ExternalValues) else default
@@ -861,25 +1122,6 @@ class _DataFile:
             entry = reference.external_data.add()
             entry.key, entry.value = key, value
         return reference
-
-
-def _external_chunks(tensor: onnx.TensorProto, base_dir: Path) -> tuple[Iterator[bytes], int]:
-    info = external_data_helper.ExternalDataInfo(tensor)
-    path = base_dir / info.location
-    length = info.length if info.length else path.stat().st_size - (info.offset or 0)
-
-    def chunks() -> Iterator[bytes]:
-        with open(path, "rb") as handle:
-            handle.seek(info.offset or 0)
-            left = length
-            while left > 0:
-                block = handle.read(min(_COPY_CHUNK, left))
-                if not block:
-                    raise ModelSaveError(f"external data file {path} is shorter than recorded")
-                left -= len(block)
-                yield block
-
-    return chunks(), length
 
 
 def _raw_bytes(tensor: onnx.TensorProto) -> bytes | None:
@@ -1074,8 +1316,7 @@ def _inline_size(constant: gs.Constant, base_dir: Path | None) -> int:
         stub.name = constant.name
         stub.ClearField("data_location")
         del stub.external_data[:]
-        length = external_data_helper.ExternalDataInfo(values.tensor).length
-        length = length if length else constant_nbytes(constant)
+        length = external_ref(values.tensor, _source_dir(constant, base_dir)).length
         raw_field = 1 + len(_varint(length)) + length if length else 0
         return stub.ByteSize() + raw_field
     return _tensor_proto(constant, base_dir).ByteSize()
@@ -1092,6 +1333,6 @@ def _source_proto(constant: gs.Constant) -> onnx.TensorProto:
 
 def _nested_nbytes(tensor: onnx.TensorProto) -> int:
     if external_data_helper.uses_external_data(tensor):
-        return external_data_helper.ExternalDataInfo(tensor).length or 0
+        return _external_entries(tensor)[2] or expected_nbytes(tensor) or 0
     raw = _raw_bytes(tensor)
     return len(raw) if raw is not None else 0

@@ -246,7 +246,7 @@ def test_failed_save_leaves_destination_and_folder_untouched(tmp_path):
     destination.write_bytes(b"previous contents")
     before = sorted(p.name for p in tmp_path.iterdir())
 
-    with pytest.raises(ModelSaveError, match="ext.bin"):
+    with pytest.raises(ModelLoadError, match="runs past the end of 'ext.bin'"):
         save(loaded, destination)
 
     assert destination.read_bytes() == b"previous contents"
