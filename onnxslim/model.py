@@ -20,7 +20,6 @@ import errno
 import math
 import os
 import stat
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from onnx_graphsurgeon.importers.onnx_importer import get_numpy_type
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnxslim.errors import ModelLoadError, ModelSaveError
+from onnxslim.staging import StagedWrite
 
 # gs reports what it skips or repairs as warnings on stdout; onnxslim handles those cases
 # itself (see _restore_type_attributes) and reports through its own channels.
@@ -46,7 +46,9 @@ __all__ = [
     "Model",
     "load",
     "load_skeleton",
+    "model_files",
     "save",
+    "write_staged",
     "refuse_overwriting_sources",
     "to_proto",
     "stub_proto",
@@ -471,6 +473,19 @@ def load_skeleton(source: str | os.PathLike | bytes) -> onnx.ModelProto:
         if _is_external(tensor):
             external_ref(tensor, base_dir)
     return proto
+
+
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """A model file and the external data files it refers to: what it weighs on disk, and
+    what to remove with it."""
+    proto = load_skeleton(path)
+    folder = Path(path).parent.resolve()
+    data = {
+        external_data_file(folder, _external_entries(tensor)[0])
+        for tensor in _all_tensor_protos(proto)
+        if _is_external(tensor)
+    }
+    return [Path(path), *sorted(data)]
 
 
 def _model_file(source: str | os.PathLike) -> Path:
@@ -1180,75 +1195,51 @@ def refuse_overwriting_sources(model: Model, targets: list[Path]) -> None:
             )
 
 
-class _PendingFile:
-    """A temporary file beside its destination that replaces it only on ``commit``."""
-
-    def __init__(self, destination: Path) -> None:
-        self.destination = destination
-        fd, self.temp_name = tempfile.mkstemp(
-            prefix=f".{destination.name}.", dir=destination.parent
-        )
-        self.handle = os.fdopen(fd, "wb")
-
-    def commit(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.chmod(self.temp_name, 0o644)
-        os.replace(self.temp_name, self.destination)
-        self.temp_name = None
-
-    def discard(self) -> None:
-        if self.temp_name is not None:
-            self.handle.close()
-            with contextlib.suppress(OSError):
-                os.unlink(self.temp_name)
-
-
 def save(
     model: Model,
     path: str | os.PathLike,
     *,
     external_data: bool | None = None,
-    location: str | None = None,
     size_threshold: int = DEFAULT_SIZE_THRESHOLD,
 ) -> Path:
     """Write ``model`` to ``path`` atomically; return the path.
 
     ``external_data=None`` chooses for you: external data when the model would not fit the
-    2 GiB protobuf limit, inline otherwise. The data file is ``location`` (default
-    ``<file name>.data``) beside the model. Files the model still reads from are never
-    overwritten.
+    2 GiB protobuf limit, inline otherwise. The data file is ``<file name>.<token>.data``
+    beside the model, a new name for every write, so that a reader sees the old model and
+    data or the new ones, never a mix (see :mod:`onnxslim.staging`); the data files of earlier
+    writes to ``path`` are removed. Files the model still reads from are never overwritten.
     """
     destination = Path(path)
-    if not destination.parent.exists():
-        raise ModelSaveError(f"{destination.parent}: output folder does not exist")
-    if destination.is_dir():
-        raise ModelSaveError(f"{destination}: is a directory")
+    refuse_overwriting_sources(model, [destination])
+    with StagedWrite(destination, protected=model.source_files()) as staged:
+        write_staged(model, staged, external_data=external_data, size_threshold=size_threshold)
+        staged.commit()
+    return destination
 
+
+def write_staged(
+    model: Model,
+    staged: StagedWrite,
+    *,
+    external_data: bool | None = None,
+    size_threshold: int = DEFAULT_SIZE_THRESHOLD,
+) -> None:
+    """Write ``model`` (and its external data) into ``staged``, not yet committed: for a
+    caller that checks the written model before it replaces the destination."""
     skeleton = _export_skeleton(model)
     if external_data is None:
         external_data = _estimated_size(skeleton) > PROTOBUF_LIMIT - _INLINE_MARGIN
-    location = location or f"{destination.name}.data"
-    data_path = destination.parent / location
-    refuse_overwriting_sources(model, [destination, data_path] if external_data else [destination])
-
-    pending: list[_PendingFile] = []
     try:
-        data_file = None
-        if external_data:
-            pending.append(_PendingFile(data_path))
-            data_file = _DataFile(pending[-1].handle, location)
-        pending.append(_PendingFile(destination))
-        _write_model_file(pending[-1].handle, skeleton, model, data_file, size_threshold)
-        for file in pending:  # data first: the model file must never point at missing data
-            file.commit()
+        with contextlib.ExitStack() as files:
+            data_file = None
+            if external_data:
+                data_handle = files.enter_context(open(staged.data_path, "wb"))
+                data_file = _DataFile(data_handle, staged.data_name)
+            handle = files.enter_context(open(staged.model_path, "wb"))
+            _write_model_file(handle, skeleton, model, data_file, size_threshold)
     except OSError as exc:
-        raise ModelSaveError(f"{destination}: cannot write ({exc.strerror or exc})") from exc
-    finally:
-        for file in pending:
-            file.discard()
-    return destination
+        raise ModelSaveError(f"{staged.destination}: cannot write ({exc.strerror or exc})") from exc
 
 
 def _write_model_file(
