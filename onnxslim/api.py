@@ -18,7 +18,7 @@ from typing import Any
 
 import onnx
 
-from onnxslim.checking import check_model
+from onnxslim.checking import check_input_model
 from onnxslim.model import (
     Model,
     ModelSource,
@@ -171,7 +171,8 @@ def optimize(
     start = time.perf_counter()
     loaded = load(model)
     if check_input:
-        check_model(loaded, full=False)
+        runtime = not any(step.accepts_unloadable_input for step in flatten_steps(steps))
+        check_input_model(loaded, runtime=runtime, unchanged=isinstance(model, str | os.PathLike))
     if output_path is not None:
         _refuse_overwriting_sources(loaded, [output_path])
     load_seconds = time.perf_counter() - start

@@ -1,18 +1,42 @@
-"""Structural validity: onnx.checker with shape inference, for models of any size.
+"""Validity: onnx.checker with shape inference for models of any size, and the input check.
 
 The check runs on :func:`onnxslim.model.stub_proto`, in which large weights are stand-ins
 that carry only name, type and shape: the checker and shape inference never read weight
-bytes, so a 3 GB model is checked in the memory of its graph alone.
+bytes, so a 3 GB model is checked in the memory of its graph alone. (Loading has already
+checked every weight's bytes against its shape: :func:`onnxslim.model.check_tensor_data`.)
+
+:func:`check_input_model` is what every command asks of the model it is given: valid ONNX
+that this onnx knows, and, where onnxruntime is installed, a model onnxruntime loads; only
+then can onnxslim promise an output that onnxruntime loads too.
 """
 
 from __future__ import annotations
 
+import functools
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import onnx
 
-from onnxslim.errors import InvalidModelError
-from onnxslim.model import Model, stub_proto
+from onnxslim.errors import InvalidModelError, OnnxSlimError, RuntimeMissingError
+from onnxslim.model import PROTOBUF_LIMIT, Model, save, stub_proto, to_proto
+from onnxslim.runtime import require_onnxruntime
 
-__all__ = ["check_model", "is_valid"]
+__all__ = [
+    "check_model",
+    "is_valid",
+    "check_input_model",
+    "runtime_opsets",
+    "RuntimeVerdict",
+    "onnxruntime_verdict",
+]
+
+# onnxruntime guarantees opsets from 7 on; older ones load only where legacy kernels remain.
+_RUNTIME_OLDEST_OPSET = 7
+_LOG_FATAL_ONLY = 4
 
 
 def check_model(model: Model, *, full: bool = True) -> None:
@@ -41,3 +65,127 @@ def _first_line(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     meaningful = [line for line in lines if not line.startswith("==>")]
     return (meaningful or lines or [type(exc).__name__])[0]
+
+
+def check_input_model(model: Model, *, runtime: bool = True, unchanged: bool = False) -> None:
+    """Raise InvalidModelError (one line) for a model onnxslim must refuse.
+
+    A model is refused when its default-domain opset is one this onnx does not know, when
+    onnx.checker rejects it, and when strict shape inference rejects it and onnxruntime (where
+    installed) cannot load it either: some valid models fail strict inference, and
+    onnxruntime tells those apart. With ``runtime``, a model must also be one that onnxruntime
+    loads (an opset it does not run is tried): only then can an output be promised to load.
+    ``runtime=False`` is for commands that only describe a model, and for passes made to turn
+    a model onnxruntime cannot load into one it can (``Pass.accepts_unloadable_input``).
+    ``unchanged`` says that the model is as loaded from its file, which onnxruntime may then
+    read itself.
+    """
+    newest = onnx.defs.onnx_opset_version()
+    if not 1 <= model.opset <= newest:
+        raise InvalidModelError(
+            f"the model imports opset {model.opset} of the default domain; this onnx "
+            f"({onnx.__version__}) knows opsets 1 to {newest}"
+        )
+    check_model(model, full=False)
+    supported = runtime_opsets()
+    try:
+        check_model(model, full=True)
+    except InvalidModelError as exc:
+        strict_problem: InvalidModelError | None = exc
+    else:
+        strict_problem = None
+    in_range = supported is not None and supported[0] <= model.opset <= supported[1]
+    if supported is None or (strict_problem is None and (in_range or not runtime)):
+        return
+    verdict = onnxruntime_verdict(model, unchanged=unchanged)
+    if verdict.loads:
+        return
+    hint = ""
+    if not in_range:
+        hint = f" (it runs opsets {supported[0]} to {supported[1]}: onnxslim convert --opset)"
+    raise InvalidModelError(f"onnxruntime cannot load the model{hint}: {verdict.problem}")
+
+
+@functools.cache
+def runtime_opsets() -> tuple[int, int] | None:
+    """The default-domain opsets the installed onnxruntime loads, oldest guaranteed to newest;
+    None without onnxruntime. onnxruntime has no call that says, so the newest is found by
+    trying (a one-node model per opset, a binary search)."""
+    try:
+        require_onnxruntime()
+    except RuntimeMissingError:
+        return None
+    low, high = _RUNTIME_OLDEST_OPSET, onnx.defs.onnx_opset_version()
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _loads_identity(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return _RUNTIME_OLDEST_OPSET, low
+
+
+def _loads_identity(opset: int) -> bool:
+    value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    opsets = [onnx.helper.make_opsetid("", opset)]
+    proto = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])],
+            "probe",
+            [value],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        ),
+        opset_imports=opsets,
+        ir_version=onnx.helper.find_min_ir_version_for(opsets),
+    )
+    return _verdict(proto.SerializeToString(), ()).loads
+
+
+@dataclass(frozen=True)
+class RuntimeVerdict:
+    """What onnxruntime's CPU provider made of a model: whether it loads, whether it runs on
+    the feeds it was given (every one of them), and the first line of what went wrong."""
+
+    loads: bool
+    runs: bool
+    problem: str | None = None
+
+
+def onnxruntime_verdict(
+    model: Model, feeds: Sequence[Mapping[str, np.ndarray]] = (), *, unchanged: bool = False
+) -> RuntimeVerdict | None:
+    """Create an onnxruntime session for ``model`` and run it on ``feeds``; None when
+    onnxruntime is not installed. The model is handed over as bytes, or as a saved copy when
+    over 2 GiB; an ``unchanged`` model loaded from a file is read from there."""
+    if runtime_opsets() is None:
+        return None
+    try:
+        if unchanged and model.source is not None and model.source.is_file():
+            return _verdict(str(model.source), feeds)
+        if model.initializer_bytes() < PROTOBUF_LIMIT // 2:
+            return _verdict(to_proto(model).SerializeToString(), feeds)
+        with tempfile.TemporaryDirectory(prefix="onnxslim-check-") as scratch:
+            return _verdict(str(save(model, Path(scratch) / "model.onnx")), feeds)
+    except OnnxSlimError:
+        raise
+    except Exception as exc:  # gs cannot export what a rewrite left (an empty ints attribute)
+        return RuntimeVerdict(False, False, f"the model cannot be written: {_first_line(exc)}")
+
+
+def _verdict(model: str | bytes, feeds: Sequence[Mapping[str, np.ndarray]]) -> RuntimeVerdict:
+    ort = require_onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = _LOG_FATAL_ONLY
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(
+            model, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime's pybind errors share no base class but Exception
+        return RuntimeVerdict(False, False, _first_line(exc))
+    for feed in feeds:
+        try:
+            session.run(None, dict(feed))
+        except Exception as exc:
+            return RuntimeVerdict(True, False, _first_line(exc))
+    return RuntimeVerdict(True, True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import math
 import os
 import stat
@@ -452,7 +453,9 @@ def load(source: ModelSource) -> Model:
 
     path = _model_file(source)
     proto = _parse_file(path)
-    return _from_proto(proto, base_dir=path.parent.resolve(), source=path.resolve())
+    return _from_proto(
+        proto, base_dir=path.parent.resolve(), source=path.resolve(), top_level_checked=True
+    )
 
 
 def load_skeleton(source: str | os.PathLike | bytes) -> onnx.ModelProto:
@@ -469,9 +472,11 @@ def load_skeleton(source: str | os.PathLike | bytes) -> onnx.ModelProto:
     else:
         path = _model_file(source)
         proto, base_dir = _parse_file(path, keep_data=False), path.parent.resolve()
+    _check_text(proto)
     for tensor in _all_tensor_protos(proto):
         if _is_external(tensor):
             external_ref(tensor, base_dir)
+    _check_data(proto, top_level_checked=base_dir is not None)
     return proto
 
 
@@ -560,7 +565,9 @@ def _parse_records(path: Path, keep_data: bool) -> onnx.ModelProto:
                 for inner, inner_head, inner_length in reader.records(handle.tell() + length):
                     if inner == _GRAPH_INITIALIZER_FIELD and inner_length is not None:
                         tensor = proto.graph.initializer.add()
-                        tensor.ParseFromString(reader.read(inner_length))
+                        record = reader.read(inner_length)
+                        tensor.ParseFromString(record)
+                        check_tensor_data(tensor, _raw_data_length(record))
                         if not keep_data:
                             _drop_data(tensor)
                     else:
@@ -604,6 +611,9 @@ class _RecordReader:
             raise DecodeError("truncated message")
         return data
 
+    def skip(self, length: int) -> None:
+        self.handle.seek(length, os.SEEK_CUR)
+
     def varint(self) -> int:
         value = shift = 0
         while shift < 64:
@@ -641,7 +651,130 @@ class _RecordReader:
             raise DecodeError("a record runs past the end of its message")
 
 
-def _from_proto(proto: onnx.ModelProto, base_dir: Path | None, source: Path | None) -> Model:
+# ------------------------------------------------------------------------- data integrity
+#
+# onnx.checker sees only what stub_proto keeps (large weights become typed inputs), and a weight
+# whose bytes do not match its shape makes passes crash and onnxruntime refuse the output. So
+# loading checks every tensor's data against its type and shape, from lengths alone: the raw
+# bytes of a file's initializers are never copied for it.
+
+_TENSOR_RAW_DATA_FIELD = 9
+_KNOWN_TYPES = frozenset(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
+_TYPED_FIELD = {
+    TensorProto.FLOAT: "float_data",
+    TensorProto.COMPLEX64: "float_data",
+    TensorProto.INT64: "int64_data",
+    TensorProto.DOUBLE: "double_data",
+    TensorProto.COMPLEX128: "double_data",
+    TensorProto.UINT32: "uint64_data",
+    TensorProto.UINT64: "uint64_data",
+    TensorProto.STRING: "string_data",
+}
+_COMPLEX = frozenset({TensorProto.COMPLEX64, TensorProto.COMPLEX128})
+
+
+def _raw_data_length(serialized: bytes) -> int | None:
+    """The length of a serialized TensorProto's raw_data (None if it has none), found by
+    walking its fields rather than copying the bytes out."""
+    reader = _RecordReader(io.BytesIO(serialized))
+    length = None
+    for number, _, size in reader.records(reader.end):
+        if size is not None:
+            if number == _TENSOR_RAW_DATA_FIELD:
+                length = size
+            reader.skip(size)
+    return length
+
+
+def check_tensor_data(tensor: onnx.TensorProto, raw_length: int | None | bool = True) -> None:
+    """ModelLoadError unless a tensor has a known element type, sane dims, and (when inline)
+    exactly the data they declare. ``raw_length`` is the length of its raw_data when the
+    caller knows it without copying (None: no raw_data); True asks the tensor."""
+    name = tensor.name
+    if tensor.data_type not in _KNOWN_TYPES:
+        raise ModelLoadError(f"tensor '{name}' has no valid element type ({tensor.data_type})")
+    if any(d < 0 for d in tensor.dims):
+        raise ModelLoadError(f"tensor '{name}' has a negative dimension {list(tensor.dims)}")
+    if _is_external(tensor):
+        return
+    if raw_length is True:
+        raw_length = len(tensor.raw_data) if tensor.HasField("raw_data") else None
+    count = math.prod(tensor.dims)
+    type_name = TensorProto.DataType.Name(tensor.data_type).lower()
+    declared = f"tensor '{name}' declares {list(tensor.dims)} {type_name}"
+    if raw_length is not None:
+        expected = expected_nbytes(tensor)
+        if tensor.data_type == TensorProto.STRING:
+            raise ModelLoadError(f"{declared} but holds raw bytes, which strings cannot be")
+        if expected is not None and raw_length != expected:
+            raise ModelLoadError(f"{declared} ({expected} bytes) but holds {raw_length} bytes")
+        return
+    if _ELEMENT_BITS.get(tensor.data_type, 8) < 8:
+        return  # packed sub-byte values: the count of int32 words depends on the packing
+    values = len(getattr(tensor, _TYPED_FIELD.get(tensor.data_type, "int32_data")))
+    expected_values = count * (2 if tensor.data_type in _COMPLEX else 1)
+    if values != expected_values:
+        holds = f"{values} values" if values else "no data"
+        raise ModelLoadError(f"{declared} ({expected_values} values) but holds {holds}")
+
+
+def _check_data(proto: onnx.ModelProto, top_level_checked: bool) -> None:
+    """Every tensor of the model checked (top-level initializers already were, while a file was
+    parsed), and sparse tensors' indices within their dims."""
+    for tensor in _all_tensor_protos(proto, top_level=not top_level_checked):
+        check_tensor_data(tensor)
+    for sparse in _sparse_tensor_protos(proto):
+        try:
+            onnx.checker.check_sparse_tensor(sparse)
+        except onnx.checker.ValidationError as exc:
+            raise ModelLoadError(
+                f"sparse tensor '{sparse.values.name}': {_first_line(exc)}"
+            ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _from_proto(
+    proto: onnx.ModelProto,
+    base_dir: Path | None,
+    source: Path | None,
+    top_level_checked: bool = False,
+) -> Model:
+    _check_text(proto)
+    return _import(proto, base_dir, source, top_level_checked)
+
+
+def _check_text(proto: onnx.ModelProto) -> None:
+    """ModelLoadError if a name in the model is not UTF-8, as ONNX requires (protobuf hands
+    such a string over as bytes, which every tool then trips on)."""
+    for text in _names(proto):
+        if not isinstance(text, str):
+            shown = text.decode("utf-8", "backslashreplace")
+            raise ModelLoadError(f"the model holds a name that is not UTF-8 text: '{shown}'")
+
+
+def _names(proto: onnx.ModelProto) -> Iterator[str | bytes]:
+    yield from (proto.producer_name, proto.domain)
+    for graph in _graphs_and_functions(proto):
+        yield graph.name
+        if isinstance(graph, onnx.GraphProto):
+            for value in (*graph.input, *graph.output, *graph.value_info):
+                yield value.name
+            yield from (t.name for t in graph.initializer)
+            yield from (t.values.name for t in graph.sparse_initializer)
+        else:
+            yield from (*graph.input, *graph.output, graph.domain)
+        for node in graph.node:
+            yield from (node.name, node.op_type, node.domain, *node.input, *node.output)
+            yield from (attr.name for attr in node.attribute)
+
+
+def _import(
+    proto: onnx.ModelProto, base_dir: Path | None, source: Path | None, top_level_checked: bool
+) -> Model:
     external = [t for t in _all_tensor_protos(proto) if _is_external(t)]
     for tensor in external:
         external_ref(tensor, base_dir)
@@ -650,6 +783,7 @@ def _from_proto(proto: onnx.ModelProto, base_dir: Path | None, source: Path | No
         for part in (sparse.values, sparse.indices):
             if _is_external(part):
                 part.CopyFrom(_inlined(part, base_dir))
+    _check_data(proto, top_level_checked)
     top_level = frozenset(t.name for t in proto.graph.initializer)
     try:
         graph = gs.import_onnx(proto)
@@ -962,11 +1096,14 @@ def _sparse_tensor_protos(proto: onnx.ModelProto) -> Iterator[onnx.SparseTensorP
                 yield from attr.sparse_tensors
 
 
-def _all_tensor_protos(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every TensorProto of the model: initializers, node attributes and the parts of sparse
-    tensors, in the graph, its subgraphs and local functions."""
+def _all_tensor_protos(
+    proto: onnx.ModelProto, top_level: bool = True
+) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of the model: initializers (the main graph's unless ``top_level`` is
+    False), node attributes and the parts of sparse tensors, in the graph, its subgraphs and
+    local functions."""
     for graph in _graphs_and_functions(proto):
-        if isinstance(graph, onnx.GraphProto):
+        if isinstance(graph, onnx.GraphProto) and (top_level or graph is not proto.graph):
             yield from graph.initializer
         for node in graph.node:
             for attr in node.attribute:

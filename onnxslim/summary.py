@@ -11,6 +11,7 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxslim.checking import check_input_model
 from onnxslim.model import (
     Model,
     all_constants,
@@ -55,7 +56,10 @@ class ModelDescription:
 
 
 def describe(source: str | Path | Model) -> ModelDescription:
+    """What :class:`ModelDescription` lists, for a model that is valid ONNX (else
+    InvalidModelError: a description of a broken model would mislead)."""
     model = load(source)
+    check_input_model(model, runtime=False)
     proto = onnx.shape_inference.infer_shapes(stub_proto(model), data_prop=True)
     histogram: Counter[str] = Counter()
     for graph in iter_graphs(model.graph):
