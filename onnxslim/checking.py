@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxslim.errors import InvalidModelError, OnnxSlimError, RuntimeMissingError
+from onnxslim.errors import InputDataError, InvalidModelError, OnnxSlimError, RuntimeMissingError
 from onnxslim.model import PROTOBUF_LIMIT, Model, save, stub_proto, to_proto
-from onnxslim.runtime import require_onnxruntime
+from onnxslim.runtime import create_session, require_onnxruntime, run
 
 __all__ = [
     "check_model",
@@ -36,7 +36,6 @@ __all__ = [
 
 # onnxruntime guarantees opsets from 7 on; older ones load only where legacy kernels remain.
 _RUNTIME_OLDEST_OPSET = 7
-_LOG_FATAL_ONLY = 4
 
 
 def check_model(model: Model, *, full: bool = True) -> None:
@@ -138,7 +137,7 @@ def _loads_identity(opset: int) -> bool:
         opset_imports=opsets,
         ir_version=onnx.helper.find_min_ir_version_for(opsets),
     )
-    return _verdict(proto.SerializeToString(), ()).loads
+    return _verdict(proto.SerializeToString(), (), "cpu").loads
 
 
 @dataclass(frozen=True)
@@ -152,40 +151,48 @@ class RuntimeVerdict:
 
 
 def onnxruntime_verdict(
-    model: Model, feeds: Sequence[Mapping[str, np.ndarray]] = (), *, unchanged: bool = False
+    model: Model | onnx.ModelProto,
+    feeds: Sequence[Mapping[str, np.ndarray]] = (),
+    *,
+    provider: str = "cpu",
+    unchanged: bool = False,
 ) -> RuntimeVerdict | None:
-    """Create an onnxruntime session for ``model`` and run it on ``feeds``; None when
-    onnxruntime is not installed. The model is handed over as bytes, or as a saved copy when
-    over 2 GiB; an ``unchanged`` model loaded from a file is read from there."""
+    """Create an onnxruntime session for ``model`` on ``provider`` and run it on ``feeds``;
+    None when onnxruntime is not installed. The model is handed over as bytes, or as a saved
+    copy when over 2 GiB; an ``unchanged`` model loaded from a file is read from there. A
+    provider that is not available raises ProviderUnavailableError."""
     if runtime_opsets() is None:
         return None
+    if isinstance(model, onnx.ModelProto):
+        return _verdict(model.SerializeToString(), feeds, provider)
     try:
         if unchanged and model.source is not None and model.source.is_file():
-            return _verdict(str(model.source), feeds)
+            return _verdict(str(model.source), feeds, provider)
         if model.initializer_bytes() < PROTOBUF_LIMIT // 2:
-            return _verdict(to_proto(model).SerializeToString(), feeds)
+            return _verdict(to_proto(model).SerializeToString(), feeds, provider)
         with tempfile.TemporaryDirectory(prefix="onnxslim-check-") as scratch:
-            return _verdict(str(save(model, Path(scratch) / "model.onnx")), feeds)
+            return _verdict(str(save(model, Path(scratch) / "model.onnx")), feeds, provider)
     except OnnxSlimError:
         raise
     except Exception as exc:  # gs cannot export what a rewrite left (an empty ints attribute)
         return RuntimeVerdict(False, False, f"the model cannot be written: {_first_line(exc)}")
 
 
-def _verdict(model: str | bytes, feeds: Sequence[Mapping[str, np.ndarray]]) -> RuntimeVerdict:
-    ort = require_onnxruntime()
-    options = ort.SessionOptions()
-    options.log_severity_level = _LOG_FATAL_ONLY
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+def _verdict(
+    model: str | bytes, feeds: Sequence[Mapping[str, np.ndarray]], provider: str
+) -> RuntimeVerdict:
     try:
-        session = ort.InferenceSession(
-            model, sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:  # onnxruntime's pybind errors share no base class but Exception
-        return RuntimeVerdict(False, False, _first_line(exc))
+        session = create_session(model, provider)
+    except InvalidModelError as exc:
+        return RuntimeVerdict(False, False, _after_colon(exc))
     for feed in feeds:
         try:
-            session.run(None, dict(feed))
-        except Exception as exc:
-            return RuntimeVerdict(True, False, _first_line(exc))
+            run(session, feed)
+        except (InvalidModelError, InputDataError) as exc:
+            return RuntimeVerdict(True, False, _after_colon(exc))
     return RuntimeVerdict(True, True)
+
+
+def _after_colon(exc: Exception) -> str:
+    """onnxruntime's own words from a runtime error ('onnxruntime cannot load ...: <them>')."""
+    return str(exc).split(": ", 1)[-1]
