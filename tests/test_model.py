@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 from conftest import external_data_file, make_model, tensor_info
@@ -363,3 +364,41 @@ def test_saved_file_is_no_larger_than_what_onnx_writes(tmp_path, source):
             np.testing.assert_array_equal(
                 numpy_helper.to_array(ours), numpy_helper.to_array(theirs)
             )
+
+
+def test_scalar_and_strided_numpy_constants_keep_their_shapes(tmp_path):
+    model = load(_matmul_model())
+    weight = next(t for t in model_io.all_constants(model.graph) if t.name == "w")
+    bias = next(t for t in model_io.all_constants(model.graph) if t.name == "b")
+    weight.values = np.asarray(model_io.read_constant(weight)).T  # not C-contiguous
+    scalar = gs.Constant("scale", np.array(3.0, np.float32))
+    bias.values = np.asarray(model_io.read_constant(bias))
+    mul = gs.Node("Mul", inputs=[model.graph.outputs[0], scalar], outputs=[gs.Variable("z")])
+    model.graph.nodes.append(mul)
+    model.graph.outputs = [mul.outputs[0]]
+    saved = onnx.load(save(model, tmp_path / "out.onnx"))
+    shapes = {t.name: list(t.dims) for t in saved.graph.initializer}
+    assert shapes == {"w": [64, 64], "b": [64], "scale": []}
+    written = {t.name: numpy_helper.to_array(t) for t in saved.graph.initializer}
+    np.testing.assert_array_equal(written["w"], np.asarray(weight.values))
+
+
+def test_large_initializers_are_read_from_the_model_file_only_when_needed(tmp_path):
+    """A model file's weights of 1 MiB and more are not parsed into memory at load: they are
+    read from their range of the file when a pass or a save asks."""
+    big = np.random.default_rng(0).standard_normal((512, 1024)).astype(np.float32)
+    proto = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [tensor_info("x", TensorProto.FLOAT, [1, 512])],
+        [tensor_info("y", TensorProto.FLOAT, [1, 1024])],
+        {"w": big},
+    )
+    source = tmp_path / "big.onnx"
+    onnx.save(proto, source)
+    loaded = load(source)
+    weight = next(t for t in model_io.all_constants(loaded.graph) if t.name == "w")
+    assert isinstance(weight._values, model_io.ExternalValues)
+    assert loaded.source_files() == [source.resolve()]
+    np.testing.assert_array_equal(model_io.read_constant(weight), big)
+    out = save(loaded, tmp_path / "out.onnx")
+    assert onnx.load(out).SerializeToString() == proto.SerializeToString()
