@@ -13,17 +13,15 @@ then can onnxslim promise an output that onnxruntime loads too.
 from __future__ import annotations
 
 import functools
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
 
 from onnxslim.errors import InputDataError, InvalidModelError, OnnxSlimError, RuntimeMissingError
-from onnxslim.model import PROTOBUF_LIMIT, Model, save, stub_proto, to_proto
-from onnxslim.runtime import create_session, require_onnxruntime, run
+from onnxslim.model import Model, stub_proto
+from onnxslim.runtime import create_session, open_session, require_onnxruntime, run
 
 __all__ = [
     "check_model",
@@ -137,7 +135,11 @@ def _loads_identity(opset: int) -> bool:
         opset_imports=opsets,
         ir_version=onnx.helper.find_min_ir_version_for(opsets),
     )
-    return _verdict(proto.SerializeToString(), (), "cpu").loads
+    try:
+        create_session(proto.SerializeToString(), optimize=False)
+    except InvalidModelError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -157,39 +159,28 @@ def onnxruntime_verdict(
     provider: str = "cpu",
     unchanged: bool = False,
 ) -> RuntimeVerdict | None:
-    """Create an onnxruntime session for ``model`` on ``provider`` and run it on ``feeds``;
-    None when onnxruntime is not installed. The model is handed over as bytes, or as a saved
-    copy when over 2 GiB; an ``unchanged`` model loaded from a file is read from there. A
-    provider that is not available raises ProviderUnavailableError."""
+    """Create an onnxruntime session for ``model`` on ``provider`` (graph optimizations off:
+    the model as written) and run it on ``feeds``; None when onnxruntime is not installed.
+    An ``unchanged`` model loaded from a file is read from there. A provider that is not
+    available raises ProviderUnavailableError."""
     if runtime_opsets() is None:
         return None
-    if isinstance(model, onnx.ModelProto):
-        return _verdict(model.SerializeToString(), feeds, provider)
+    source = model
+    if isinstance(model, Model) and unchanged and model.source is not None:
+        source = model.source
     try:
-        if unchanged and model.source is not None and model.source.is_file():
-            return _verdict(str(model.source), feeds, provider)
-        if model.initializer_bytes() < PROTOBUF_LIMIT // 2:
-            return _verdict(to_proto(model).SerializeToString(), feeds, provider)
-        with tempfile.TemporaryDirectory(prefix="onnxslim-check-") as scratch:
-            return _verdict(str(save(model, Path(scratch) / "model.onnx")), feeds, provider)
+        with open_session(source, provider, optimize=False) as session:
+            for feed in feeds:
+                try:
+                    run(session, feed)
+                except (InvalidModelError, InputDataError) as exc:
+                    return RuntimeVerdict(True, False, _after_colon(exc))
+    except InvalidModelError as exc:
+        return RuntimeVerdict(False, False, _after_colon(exc))
     except OnnxSlimError:
         raise
     except Exception as exc:  # gs cannot export what a rewrite left (an empty ints attribute)
         return RuntimeVerdict(False, False, f"the model cannot be written: {_first_line(exc)}")
-
-
-def _verdict(
-    model: str | bytes, feeds: Sequence[Mapping[str, np.ndarray]], provider: str
-) -> RuntimeVerdict:
-    try:
-        session = create_session(model, provider)
-    except InvalidModelError as exc:
-        return RuntimeVerdict(False, False, _after_colon(exc))
-    for feed in feeds:
-        try:
-            run(session, feed)
-        except (InvalidModelError, InputDataError) as exc:
-            return RuntimeVerdict(True, False, _after_colon(exc))
     return RuntimeVerdict(True, True)
 
 

@@ -1216,12 +1216,15 @@ def to_proto(model: Model, *, keep_external: bool = False) -> onnx.ModelProto:
 
 
 def _is_external_in(constant: gs.Constant, base_dir: Path | None) -> bool:
+    """Whether a constant's bytes are in an external file under ``base_dir``, checked again
+    (external_ref) since a runtime is about to read them itself."""
     values = constant._values
     return (
         base_dir is not None
         and isinstance(values, ExternalValues)
         and values.base_dir == base_dir
-        and external_data_helper.uses_external_data(values.tensor)
+        and _is_external(values.tensor)
+        and external_ref(values.tensor, base_dir) is not None
     )
 
 
