@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from onnxslim.errors import InputDataError, InvalidModelError, OnnxSlimError, RuntimeMissingError
-from onnxslim.model import Model, stub_proto
+from onnxslim.model import Model, iter_graphs, stub_proto
 from onnxslim.runtime import create_session, open_session, require_onnxruntime, run
 
 __all__ = [
@@ -45,7 +45,8 @@ def check_model(model: Model, *, full: bool = True) -> None:
     proto = stub_proto(model)
     try:
         onnx.checker.check_model(proto, full_check=full)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+    # onnx raises ValueError too, for an attribute naming an element type that does not exist
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
         raise InvalidModelError(f"onnx.checker rejects the model: {_first_line(exc)}") from exc
 
 
@@ -83,6 +84,7 @@ def check_input_model(model: Model, *, runtime: bool = True, unchanged: bool = F
             f"the model imports opset {model.opset} of the default domain; this onnx "
             f"({onnx.__version__}) knows opsets 1 to {newest}"
         )
+    _check_dims(model)
     check_model(model, full=False)
     supported = runtime_opsets()
     try:
@@ -101,6 +103,17 @@ def check_input_model(model: Model, *, runtime: bool = True, unchanged: bool = F
     if not in_range:
         hint = f" (it runs opsets {supported[0]} to {supported[1]}: onnxslim convert --opset)"
     raise InvalidModelError(f"onnxruntime cannot load the model{hint}: {verdict.problem}")
+
+
+def _check_dims(model: Model) -> None:
+    """Negative dimensions, which onnx.checker lets through, in the declared shapes."""
+    for graph in iter_graphs(model.graph):
+        for tensor in (*graph.inputs, *graph.outputs):
+            if any(isinstance(dim, int) and dim < 0 for dim in tensor.shape or ()):
+                raise InvalidModelError(
+                    f"'{tensor.name}' is declared with a negative dimension {tensor.shape}, "
+                    "which ONNX does not allow"
+                )
 
 
 @functools.cache

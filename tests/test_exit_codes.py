@@ -26,6 +26,7 @@ from onnxslim.cli import app
 
 runner = CliRunner(env={"COLUMNS": "200"})
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_cnn.onnx"
+DIGITS_DATA = FIXTURE.with_name("digits_train.npz")
 X16 = tensor_info("x", TensorProto.FLOAT, [1, 16])
 Y16 = tensor_info("y", TensorProto.FLOAT, [1, 16])
 
@@ -170,6 +171,13 @@ READERS = {
     "quantize": lambda m, out: ["quantize", m, "--activations", "none", "-o", out],
     "float16": lambda m, out: ["float16", m, "-o", out],
     "convert": lambda m, out: ["convert", m, "--opset", "18", "-o", out],
+    "prune": lambda m, out: ["prune", m, "-o", out],
+    "sparsify": lambda m, out: ["sparsify", m, "-o", out],
+    "cluster": lambda m, out: ["cluster", m, "-o", out],
+    "distill": lambda m, out: [
+        *("distill", "--teacher", m, "--student", m),
+        *("--data", DIGITS_DATA, "-o", out),
+    ],
 }
 
 
