@@ -162,6 +162,7 @@ FILES: dict[str, Callable[[], onnx.ModelProto | bytes | str]] = {
     "opset-99": relu_at_opset(99),
     "opset-1": relu_at_opset(1),
     "recursive-function": recursive_function,
+    "negative-input-dim": negative_input_dim,
 }
 READERS = {
     "optimize": lambda m, out: ["optimize", m, "-o", out],
@@ -292,3 +293,15 @@ def _loads(path: Path) -> None:
     import onnxruntime as ort
 
     ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_onnx_checker_value_errors_are_invalid_models_not_internal_errors():
+    """onnx.checker raises ValueError (not ValidationError) for an attribute naming element
+    type 0; the check turns it into InvalidModelError, so it never surfaces as exit 3."""
+    from onnxslim.checking import check_model
+    from onnxslim.errors import InvalidModelError
+    from onnxslim.model import load
+
+    proto = _model([helper.make_node("Cast", ["x"], ["y"], to=0)], [X16], [Y16])
+    with pytest.raises(InvalidModelError, match="onnx.checker rejects"):
+        check_model(load(proto), full=True)
