@@ -399,9 +399,12 @@ def run_case(task: dict) -> dict:
 
 
 def worker() -> None:
-    """Read tasks (JSON lines) on stdin, answer each with a JSON line on stdout."""
+    """Read tasks (JSON lines) on stdin, answer each with a JSON line on the original stdout;
+    whatever else writes to stdout (libraries, C code) goes to stderr instead."""
     import onnxruntime
 
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     onnxruntime.set_default_logger_severity(4)
     for line in sys.stdin:
         task = json.loads(line)
@@ -409,7 +412,8 @@ def worker() -> None:
             answer = run_case(task)
         except BaseException as exc:  # the harness itself failed: report it as such
             answer = {"exit": "harness", "error": f"{type(exc).__name__}: {exc}"}
-        print(json.dumps(answer), flush=True)
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
 
 
 def run_cases(tasks: list[dict], log: Callable[[str], None]) -> list[dict]:
@@ -688,7 +692,7 @@ def summarize(label: str, results: list[dict]) -> dict:
         "invalid inputs": len(malformed),
         "invalid -> exit 2": sum(1 for r in malformed if r["exit"] == 2 and r.get("one_line")),
         "exit 0 / 2 / 3": f"{exits['0']} / {exits['2']} / {exits['3']}",
-        "crashes, timeouts": exits["crash"] + exits["timeout"],
+        "crashes, timeouts": exits["crash"] + exits["timeout"] + exits["harness"],
         "invalid outputs written": len(invalid_outputs),
         "secret leaked": sum(1 for r in results if r.get("leaked")),
         "examples": [

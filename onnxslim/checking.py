@@ -85,6 +85,7 @@ def check_input_model(model: Model, *, runtime: bool = True, unchanged: bool = F
             f"({onnx.__version__}) knows opsets 1 to {newest}"
         )
     _check_dims(model)
+    _check_no_recursion(model)
     check_model(model, full=False)
     supported = runtime_opsets()
     try:
@@ -114,6 +115,29 @@ def _check_dims(model: Model) -> None:
                     f"'{tensor.name}' is declared with a negative dimension {tensor.shape}, "
                     "which ONNX does not allow"
                 )
+
+
+def _check_no_recursion(model: Model) -> None:
+    """A local function that calls itself, directly or not: onnx.checker finds the cycle from
+    onnx 1.18 on, and older releases recurse until the process crashes."""
+    calls = {
+        (f.domain, f.name): {(n.domain or "", n.op) for g in iter_graphs(f) for n in g.nodes}
+        for f in model.graph.functions
+    }
+    done: set[tuple[str, str]] = set()
+
+    def visit(function: tuple[str, str], path: tuple[tuple[str, str], ...]) -> None:
+        if function in path:
+            cycle = " -> ".join(f"{d}::{n}" for d, n in (*path[path.index(function) :], function))
+            raise InvalidModelError(f"local functions call themselves ({cycle}): ONNX forbids it")
+        if function in done:
+            return
+        for callee in calls[function] & calls.keys():
+            visit(callee, (*path, function))
+        done.add(function)
+
+    for function in calls:
+        visit(function, ())
 
 
 @functools.cache
