@@ -85,6 +85,7 @@ def check_input_model(model: Model, *, runtime: bool = True, unchanged: bool = F
             f"({onnx.__version__}) knows opsets 1 to {newest}"
         )
     _check_dims(model)
+    _check_domains(model)
     _check_no_recursion(model)
     check_model(model, full=False)
     supported = runtime_opsets()
@@ -115,6 +116,26 @@ def _check_dims(model: Model) -> None:
                     f"'{tensor.name}' is declared with a negative dimension {tensor.shape}, "
                     "which ONNX does not allow"
                 )
+
+
+def _check_domains(model: Model) -> None:
+    """Every node's domain imported by the model: gs's export would add a missing import
+    itself, so the checker, which sees that export, could not tell."""
+    if model.graph.import_domains is None:
+        return
+    imported = {_domain(entry.domain) for entry in model.graph.import_domains}
+    functions = model.graph.functions
+    for graph in (*iter_graphs(model.graph), *(g for f in functions for g in iter_graphs(f))):
+        for node in graph.nodes:
+            if _domain(node.domain) not in imported:
+                raise InvalidModelError(
+                    f"node '{node.name or node.op}' is in domain '{node.domain or 'ai.onnx'}', "
+                    "which the model does not import (opset_import)"
+                )
+
+
+def _domain(name: str | None) -> str:
+    return "" if name in (None, "", "ai.onnx") else name
 
 
 def _check_no_recursion(model: Model) -> None:

@@ -796,7 +796,12 @@ def _from_proto(
     top_level_checked: bool = False,
 ) -> Model:
     _check_text(proto)
-    return _import(proto, base_dir, source, top_level_checked)
+    try:
+        return _import(proto, base_dir, source, top_level_checked)
+    except UnicodeDecodeError as exc:  # a string field that _names does not read
+        raise ModelLoadError(
+            f"the model holds text that is not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from exc
 
 
 def _check_text(proto: onnx.ModelProto) -> None:

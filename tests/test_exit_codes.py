@@ -115,6 +115,18 @@ def non_utf8_names() -> bytes:
     return proto.SerializeToString().replace(b"\x1a\x01N", b"\x1a\x01\xff")
 
 
+def non_utf8_doc_string() -> bytes:
+    proto = make_model([helper.make_node("Relu", ["x"], ["y"])], [X16], [Y16])
+    proto.doc_string = "DOC"
+    return proto.SerializeToString().replace(b"DOC", b"D\xa0C")
+
+
+def domain_not_imported() -> onnx.ModelProto:
+    return _model(
+        [helper.make_node("Relu", ["x"], ["y"], domain="com.example.unimported")], [X16], [Y16]
+    )
+
+
 def reduce_l1_with_empty_axes() -> onnx.ModelProto:
     axes = numpy_helper.from_array(np.array([], np.int64), "axes")
     return _model(
@@ -154,6 +166,8 @@ FILES: dict[str, Callable[[], onnx.ModelProto | bytes | str]] = {
     "text": lambda: "not a model\n" * 50,
     "truncated": lambda: FIXTURE.read_bytes()[: FIXTURE.stat().st_size // 2],
     "non-utf8-names": non_utf8_names,
+    "non-utf8-doc-string": non_utf8_doc_string,
+    "domain-not-imported": domain_not_imported,
     "dims-without-data": dims_without_data,
     "conv-weight-half-its-size": conv_weight_half_its_size,
     "sparse-index-out-of-range": sparse_index_out_of_range,
