@@ -35,6 +35,8 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 from rich.table import Table
 
+from onnxslim.model import model_files
+
 __all__ = [
     "ModelSpec",
     "BuiltModel",
@@ -246,8 +248,8 @@ def build_model(spec: ModelSpec, folder: Path) -> BuiltModel:
 
 
 def _data_files(path: Path) -> list[Path]:
-    """The model file and the external data files next to it that belong to it."""
-    return [p for p in (path, path.with_name(path.name + ".data")) if p.exists()]
+    """The model file and the external data files it refers to."""
+    return model_files(path) if path.exists() else []
 
 
 def _file_bytes(path: Path) -> int:

@@ -18,8 +18,7 @@ from typing import Any
 
 import onnx
 
-from onnxslim.checking import check_model
-from onnxslim.errors import ModelSaveError
+from onnxslim.checking import check_input_model
 from onnxslim.model import (
     Model,
     ModelSource,
@@ -28,6 +27,7 @@ from onnxslim.model import (
     file_bytes,
     load,
     save,
+    write_staged,
 )
 from onnxslim.model import refuse_overwriting_sources as _refuse_overwriting_sources
 from onnxslim.pipeline import PassContext, PassManager, PassRecord, Step, flatten_steps
@@ -38,6 +38,7 @@ from onnxslim.registry import (
     parse_pipeline,
     without_passes,
 )
+from onnxslim.staging import StagedWrite
 
 __all__ = ["optimize", "OptimizeResult", "OptimizeReport", "ModelSummary", "ValidationOptions"]
 
@@ -170,9 +171,10 @@ def optimize(
     start = time.perf_counter()
     loaded = load(model)
     if check_input:
-        check_model(loaded, full=False)
+        runtime = not any(step.accepts_unloadable_input for step in flatten_steps(steps))
+        check_input_model(loaded, runtime=runtime, unchanged=isinstance(model, str | os.PathLike))
     if output_path is not None:
-        _refuse_overwriting_sources(loaded, [output_path, _data_path(output_path)])
+        _refuse_overwriting_sources(loaded, [output_path])
     load_seconds = time.perf_counter() - start
     before = ModelSummary.of(loaded, loaded.source_files())
 
@@ -207,10 +209,6 @@ def optimize(
     return OptimizeResult(model=loaded, report=report)
 
 
-def _data_path(output: Path) -> Path:
-    return output.parent / f"{output.name}.data"
-
-
 class _OriginalFile:
     """The untouched input model as a file: its own path, or a copy written on first use."""
 
@@ -242,23 +240,16 @@ def _write(
     options: ValidationOptions | None,
     report: OptimizeReport,
 ) -> None:
-    """Save, and with validation stage the files so that a failing model is never written."""
-    if options is None:
-        save(model, output, external_data=external_data)
+    """Save; with validation, check the staged files first, so that a failing model is never
+    written."""
+    with StagedWrite(output, protected=model.source_files()) as staged:
+        write_staged(model, staged, external_data=external_data)
+        if options is not None:
+            report.validation = _validate(reference, staged.model_path, options)
+            if not report.validation.passed:
+                report.after.file_bytes = file_bytes(staged.files())
+                report.notes.append(f"{output} was not written: the outputs do not match")
+                return
+        staged.commit()
         report.written = True
-        report.after.file_bytes = file_bytes([output, _data_path(output)])
-        return
-    if not output.parent.is_dir():
-        raise ModelSaveError(f"{output.parent}: output folder does not exist")
-    with tempfile.TemporaryDirectory(prefix=".onnxslim-", dir=output.parent) as staging:
-        staged = save(model, Path(staging) / output.name, external_data=external_data)
-        report.validation = _validate(reference, staged, options)
-        staged_data = _data_path(staged)
-        report.after.file_bytes = file_bytes([staged, staged_data])
-        if not report.validation.passed:
-            report.notes.append(f"{output} was not written: the outputs do not match")
-            return
-        if staged_data.exists():
-            os.replace(staged_data, _data_path(output))
-        os.replace(staged, output)
-        report.written = True
+        report.after.file_bytes = file_bytes(staged.files())

@@ -18,13 +18,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxslim.errors import InputDataError, ModelLoadError
+from onnxslim.errors import InputDataError, InvalidModelError, ModelLoadError
+from onnxslim.model import Model, all_constants, stub_proto
 
 __all__ = [
     "Dim",
     "IdRange",
     "InputSpec",
     "input_specs",
+    "model_input_specs",
     "id_ranges",
     "parse_input_shapes",
     "resolve_shapes",
@@ -122,6 +124,11 @@ def _shape_of(value: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
         return None
     dims: list[Dim] = []
     for dim in tensor_type.shape.dim:
+        if dim.HasField("dim_value") and dim.dim_value < 0:
+            raise InvalidModelError(
+                f"input '{value.name}' has a negative dimension ({dim.dim_value}), "
+                "which ONNX does not allow"
+            )
         if dim.HasField("dim_value"):
             dims.append(int(dim.dim_value))
         elif dim.HasField("dim_param") and dim.dim_param:
@@ -151,9 +158,24 @@ def input_specs(model: onnx.ModelProto | str | os.PathLike | bytes) -> list[Inpu
     ]
 
 
+def model_input_specs(model: Model) -> list[InputSpec]:
+    """:func:`input_specs` of a loaded model, read from its data-less stand-in (whose large
+    weights are typed graph inputs, left out here)."""
+    constants = {t.name for t in all_constants(model.graph)}
+    return [spec for spec in input_specs(stub_proto(model)) if spec.name not in constants]
+
+
 def _gather_bound(graph: onnx.GraphProto, name: str) -> int | None:
     """The smallest table size among Gathers that ``name`` indexes, following pass-throughs."""
-    tables = {t.name: list(t.dims) for t in graph.initializer}
+    # A table's size is in its dims: an initializer's, or a graph input's static shape (the
+    # stand-ins of large weights are inputs; a fed table limits ids all the same).
+    tables = {
+        value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
+        for value in graph.input
+        if value.type.tensor_type.HasField("shape")
+        and all(d.HasField("dim_value") for d in value.type.tensor_type.shape.dim)
+    }
+    tables.update({t.name: list(t.dims) for t in graph.initializer})
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in graph.node:
         for index, tensor in enumerate(node.input):

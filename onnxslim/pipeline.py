@@ -124,12 +124,16 @@ class Pass:
     place and returns True when it changed anything. Set ``lossless = False`` for passes that
     change numerics on purpose (quantization, pruning); ``verify_each`` then checks only
     validity for them, not equality of outputs. Set ``needs_original = True`` for passes that
-    read the untouched input model through ``ctx.original_path()``.
+    read the untouched input model through ``ctx.original_path()``. Set
+    ``accepts_unloadable_input = True`` for passes that exist to turn a model onnxruntime
+    cannot load into one it can (another opset): the input check then asks only for valid
+    ONNX, and the pass answers for its own result.
     """
 
     name: ClassVar[str] = ""
     lossless: ClassVar[bool] = True
     needs_original: ClassVar[bool] = False
+    accepts_unloadable_input: ClassVar[bool] = False
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         raise NotImplementedError(f"{type(self).__name__} must implement run(graph, ctx)")

@@ -11,6 +11,8 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxslim.checking import check_input_model
+from onnxslim.errors import InvalidModelError
 from onnxslim.model import (
     Model,
     all_constants,
@@ -20,6 +22,7 @@ from onnxslim.model import (
     load,
     stub_proto,
 )
+from onnxslim.shapes import infer_shapes
 
 __all__ = ["ModelDescription", "TensorDescription", "describe", "estimate_flops"]
 
@@ -55,8 +58,14 @@ class ModelDescription:
 
 
 def describe(source: str | Path | Model) -> ModelDescription:
+    """What :class:`ModelDescription` lists, for a model that is valid ONNX (else
+    InvalidModelError: a description of a broken model would mislead)."""
     model = load(source)
-    proto = onnx.shape_inference.infer_shapes(stub_proto(model), data_prop=True)
+    check_input_model(model, runtime=False)
+    try:
+        proto = infer_shapes(stub_proto(model), data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise InvalidModelError(f"shape inference fails on the model: {exc}") from exc
     histogram: Counter[str] = Counter()
     for graph in iter_graphs(model.graph):
         for node in graph.nodes:

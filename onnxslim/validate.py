@@ -26,7 +26,7 @@ from onnxslim.inputs import (
     load_inputs,
     synthesize_inputs,
 )
-from onnxslim.model import PROTOBUF_LIMIT, Model, ModelSource, load, save
+from onnxslim.model import PROTOBUF_LIMIT, Model, ModelSource, load, load_skeleton, save
 from onnxslim.progress import progress_bar
 from onnxslim.runtime import check_provider, create_session, run
 
@@ -284,20 +284,33 @@ def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
     return 10.0 * float(np.log10(signal / noise)) if signal else float("-inf")
 
 
-def _model_file(model: ModelSource, scratch: Path, label: str) -> str | bytes:
-    """Something onnxruntime can open: a path where there is one, else bytes or a saved copy."""
+def _model_file(
+    model: ModelSource, scratch: Path, label: str
+) -> tuple[str | bytes, onnx.ModelProto]:
+    """Something onnxruntime can open (a path where there is one, else bytes or a saved copy)
+    and the model's skeleton (see :func:`~onnxslim.model.load_skeleton`) for its signature.
+
+    A path or bytes given by the caller goes to onnxruntime as it is, after the skeleton's
+    checks: onnxruntime would otherwise follow external data wherever the file says.
+    """
     if isinstance(model, Model):
-        return str(save(model, scratch / f"{label}.onnx"))
-    if isinstance(model, onnx.ModelProto):
+        model = str(save(model, scratch / f"{label}.onnx"))
+    elif isinstance(model, onnx.ModelProto):
         path = scratch / f"{label}.onnx"
-        if model.ByteSize() < PROTOBUF_LIMIT:
+        if model.ByteSize() < PROTOBUF_LIMIT and not _uses_external_data(model):
             onnx.save_model(model, str(path))
         else:  # onnx.save would rewrite the caller's proto to external data in place
             save(load(model), path)
-        return str(path)
-    if isinstance(model, bytes | bytearray):
-        return bytes(model)
-    return os.fspath(model)
+        model = str(path)
+    elif isinstance(model, bytes | bytearray):
+        model = bytes(model)
+    else:
+        model = os.fspath(model)
+    return model, load_skeleton(model)
+
+
+def _uses_external_data(proto: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
 
 
 def _check_same_inputs(reference: list[InputSpec], candidate: list[InputSpec]) -> None:
@@ -381,10 +394,15 @@ def validate(
     for name in providers:
         check_provider(name)  # an unknown or missing provider fails before any work
     with tempfile.TemporaryDirectory(prefix="onnxslim-validate-") as scratch:
-        ref_file = _model_file(reference, Path(scratch), "reference")
-        cand_file = _model_file(candidate, Path(scratch), "candidate")
-        specs = _labelled("reference", input_specs, ref_file)
-        _check_same_inputs(specs, _labelled("candidate", input_specs, cand_file))
+        ref_file, ref_proto = _labelled(
+            "reference", _model_file, reference, Path(scratch), "reference"
+        )
+        cand_file, cand_proto = _labelled(
+            "candidate", _model_file, candidate, Path(scratch), "candidate"
+        )
+        specs = input_specs(ref_proto)
+        _check_same_inputs(specs, input_specs(cand_proto))
+        del ref_proto, cand_proto
         count, sample = _sample_source(specs, inputs, input_shapes, samples, seed)
 
         report = ValidationReport(list(providers), count, tolerances)

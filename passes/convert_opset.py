@@ -21,8 +21,9 @@ from onnx import TensorProto, defs
 from onnx_graphsurgeon.ir.tensor import SparseValues
 from onnxslim.passes.fuse_patterns import raise_opset
 
-from onnxslim.checking import check_model
+from onnxslim.checking import RuntimeVerdict, check_model, onnxruntime_verdict
 from onnxslim.errors import OnnxSlimError, PassError
+from onnxslim.inputs import model_input_specs, synthesize_inputs
 from onnxslim.model import Model, iter_graphs, load, to_proto
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
@@ -70,6 +71,8 @@ class ConvertOpset(Pass):
     IR version too old for what the model uses, is refused with the reason.
     """
 
+    accepts_unloadable_input = True
+
     target: int | None = None
     ir_version: int | None = None
 
@@ -85,14 +88,72 @@ def convert(
     ir_version: int | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> bool:
-    """Convert ``model`` in place; True when its opset or IR version changed."""
+    """Convert ``model`` in place; True when its opset or IR version changed.
+
+    The checker is not enough (a converted float Mod can pass it and fail at run time): the
+    result must do in onnxruntime what the model did before, load if it loaded and run on
+    synthesized inputs if it ran. Otherwise ConversionError, and the model is as it was.
+    """
     before = (model.opset, model.ir_version)
-    if target is not None and target != model.opset:
-        _check_target(target)
-        _convert_opset(model, target, log)
-    if ir_version is not None and ir_version != model.ir_version:
-        _set_ir_version(model, ir_version)
-    return (model.opset, model.ir_version) != before
+    feeds = _synthesized_feeds(model)
+    baseline = onnxruntime_verdict(model, feeds)
+    saved = _SavedState(model)
+    try:
+        if target is not None and target != model.opset:
+            _check_target(target)
+            _convert_opset(model, target, log)
+        if ir_version is not None and ir_version != model.ir_version:
+            _set_ir_version(model, ir_version)
+        changed = (model.opset, model.ir_version) != before
+        if changed and baseline is not None:
+            _check_runtime(model, baseline, feeds)
+    except BaseException:
+        saved.restore(model)
+        raise
+    return changed
+
+
+def _synthesized_feeds(model: Model) -> list[dict[str, np.ndarray]]:
+    """One sample of synthesized inputs, or none where the model's inputs cannot be made up
+    (strings, unknown ranks)."""
+    try:
+        return [synthesize_inputs(model_input_specs(model))]
+    except OnnxSlimError:
+        return []
+
+
+def _check_runtime(
+    model: Model, baseline: RuntimeVerdict, feeds: list[dict[str, np.ndarray]]
+) -> None:
+    where = f"converted to opset {model.opset}, IR {model.ir_version}"
+    after = onnxruntime_verdict(model, feeds if baseline.runs else ())
+    if baseline.loads and not after.loads:
+        raise ConversionError(f"the model {where} does not load in onnxruntime: {after.problem}")
+    if baseline.runs and not after.runs:
+        raise ConversionError(f"the model {where} fails to run in onnxruntime: {after.problem}")
+
+
+class _SavedState:
+    """What a conversion changes, to put back when it is refused."""
+
+    def __init__(self, model: Model) -> None:
+        graph = model.graph
+        self.graph = (graph.nodes, graph.inputs, graph.outputs, graph.functions, graph.opset)
+        self.import_domains = [_copied(entry) for entry in graph.import_domains or []]
+        self.shell = _copied(model.shell)
+
+    def restore(self, model: Model) -> None:
+        graph = model.graph
+        graph.nodes, graph.inputs, graph.outputs, graph.functions, graph.opset = self.graph
+        if graph.import_domains is not None:
+            graph.import_domains = self.import_domains
+        model.shell.CopyFrom(self.shell)
+
+
+def _copied(message):
+    duplicate = type(message)()
+    duplicate.CopyFrom(message)
+    return duplicate
 
 
 def convert_model(

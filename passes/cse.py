@@ -36,22 +36,26 @@ class EliminateCommonSubexpressions(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         protected = {id(t) for g in iter_graphs(graph) for t in g.inputs + g.outputs}
+        pure = _PureNodes()
         changed = False
         for g in iter_graphs(graph):
-            changed |= _merge_duplicates(g, protected)
+            changed |= _merge_duplicates(g, protected, pure)
         return changed
 
 
-def _merge_duplicates(graph: gs.Graph, protected: set[int]) -> bool:
+def _merge_duplicates(graph: gs.Graph, protected: set[int], pure: _PureNodes) -> bool:
     """Merge every node of ``graph`` into the first earlier node that computes the same."""
+    subgraphs = _SubgraphBytes()
     candidates: dict[tuple, list[gs.Node]] = defaultdict(list)
     merged: set[int] = set()
     for node in graph.nodes:
-        signature = _signature(node)
+        signature = _signature(node, pure)
         if signature is None:
             continue
         same = candidates[signature]
-        keeper = next((k for k in same if _same_constants(k, node)), None)
+        keeper = next(
+            (k for k in same if _same_constants(k, node) and subgraphs.same(k, node)), None
+        )
         if keeper is not None and _merge(keeper, node, protected):
             merged.add(id(node))
         else:
@@ -61,36 +65,86 @@ def _merge_duplicates(graph: gs.Graph, protected: set[int]) -> bool:
     return bool(merged)
 
 
-def _signature(node: gs.Node) -> tuple | None:
+def _signature(node: gs.Node, pure: _PureNodes) -> tuple | None:
     """Everything that decides what ``node`` computes, except the bytes of its constant inputs
     (compared only between nodes that agree on the rest); None for nodes never merged."""
-    if not _deterministic(node) or not any(t.name for t in node.outputs):
+    if not pure(node) or not any(t.name for t in node.outputs):
         return None
+    plain = {name: value for name, value in node.attrs.items() if not _is_graph(value)}
     try:
-        attributes = OnnxExporter.export_attributes(node.attrs)
+        attributes = OnnxExporter.export_attributes(plain)
     except Exception:  # gs raises bare exceptions on attributes it cannot export
         return None
     return (
         node.op,
         node.domain or "",
         tuple(sorted((a.name, _attribute_bytes(a)) for a in attributes)),
+        tuple(sorted(name for name, value in node.attrs.items() if _is_graph(value))),
         tuple(_input_key(t) for t in node.inputs),
         tuple(bool(t.name) for t in node.outputs),
     )
 
 
-def _deterministic(node: gs.Node) -> bool:
-    """Whether ``node`` and every node of its subgraphs are pure functions."""
-    if (node.domain or "") not in _DETERMINISTIC_DOMAINS or node.op in NONDETERMINISTIC_OPS:
-        return False
-    return all(
-        _deterministic(inner)
+class _PureNodes:
+    """Whether a node and every node of its subgraphs are pure functions, each node decided
+    once: asking each If of a nested chain about all it contains would take time exponential
+    in the depth."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, bool] = {}
+
+    def __call__(self, node: gs.Node) -> bool:
+        key = id(node)
+        if key not in self._known:
+            own = (
+                node.domain or ""
+            ) in _DETERMINISTIC_DOMAINS and node.op not in NONDETERMINISTIC_OPS
+            self._known[key] = own and all(
+                self(inner) for sub in _subgraphs(node) for inner in sub.nodes
+            )
+        return self._known[key]
+
+
+class _SubgraphBytes:
+    """The serialized subgraphs of nodes, made only for nodes that agree on everything else:
+    serializing every If of a nested chain would cost the square of the depth."""
+
+    def __init__(self) -> None:
+        self._bytes: dict[int, bytes | None] = {}
+
+    def same(self, a: gs.Node, b: gs.Node) -> bool:
+        first, second = self._of(a), self._of(b)
+        return first is not None and first == second
+
+    def _of(self, node: gs.Node) -> bytes | None:
+        key = id(node)
+        if key not in self._bytes:
+            graphs = {name: value for name, value in node.attrs.items() if _is_graph(value)}
+            try:
+                attributes = OnnxExporter.export_attributes(graphs)
+            except Exception:  # gs raises bare exceptions on graphs it cannot export
+                self._bytes[key] = None
+            else:
+                self._bytes[key] = b"".join(
+                    a.SerializeToString(deterministic=True)
+                    for a in sorted(attributes, key=lambda a: a.name)
+                )
+        return self._bytes[key]
+
+
+def _is_graph(value: object) -> bool:
+    return isinstance(value, gs.Graph) or (
+        isinstance(value, list) and bool(value) and isinstance(value[0], gs.Graph)
+    )
+
+
+def _subgraphs(node: gs.Node) -> list[gs.Graph]:
+    return [
+        sub
         for value in node.attrs.values()
         for sub in (value if isinstance(value, list) else [value])
         if isinstance(sub, gs.Graph)
-        for g in iter_graphs(sub)
-        for inner in g.nodes
-    )
+    ]
 
 
 def _attribute_bytes(attribute: onnx.AttributeProto) -> bytes:

@@ -13,7 +13,13 @@ ahead of time (a weight that both kinds of node read is stored in both types). G
 and outputs stay float32 unless ``keep_io_types=false``. A node that only moves values or
 does cheap elementwise math (Reshape, Transpose, Add, Relu, ...) and reads no weight stays
 float32 where converting it would cost more casts than it saves. ``block`` replaces the
-default block list.
+default block list (``onnxslim float16 --block OP`` adds to it); a name that is not an ONNX
+operator is an error.
+
+A model onnxruntime cannot load is never the result: each op is tried in onnxruntime (a
+one-node model, in the low type, on ``provider``) and stays float32 where there is no kernel,
+which on the CPU provider is most bfloat16 math; the converted model is loaded once more
+before it is kept.
 """
 
 from __future__ import annotations
@@ -30,15 +36,17 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from onnxslim.checking import onnxruntime_verdict
 from onnxslim.errors import PipelineSpecError
 from onnxslim.inputs import input_specs, load_inputs, synthesize_inputs
 from onnxslim.model import PROTOBUF_LIMIT, Model, iter_graphs, read_constant, stub_proto, to_proto
 from onnxslim.pipeline import Pass, PassContext, keep_if_valid
 from onnxslim.registry import register_pass
 from onnxslim.rewrite import STANDARD_DOMAINS, describe_nodes, element_type, fresh_name
-from onnxslim.runtime import open_session
+from onnxslim.runtime import check_provider, open_session
 
 __all__ = ["Float16", "DEFAULT_BLOCK_LIST", "CONVERTIBLE_OPS", "FLOAT16_MAX"]
 
@@ -188,8 +196,9 @@ _CHEAP_OPS = frozenset(
 @dataclass
 class Float16(Pass):
     """Convert float32 weights and compute to float16 (or ``dtype=bfloat16``), keeping graph
-    inputs and outputs float32, the ops of ``block`` and ops that would overflow float16 on
-    the calibration data (``calib=``, else synthesized inputs) in float32.
+    inputs and outputs float32, the ops of ``block``, ops that would overflow float16 on
+    the calibration data (``calib=``, else synthesized inputs) and ops that onnxruntime has no
+    kernel for in that type on ``provider`` in float32.
     """
 
     lossless = False
@@ -201,10 +210,20 @@ class Float16(Pass):
     overflow_limit: float = FLOAT16_MAX / 2
     calib: Path | None = None
     samples: int = 2
+    provider: str = "cpu"
+
+    def __post_init__(self) -> None:
+        unknown = [op for op in self.block if not onnx.defs.has(op)]
+        if unknown:
+            raise PipelineSpecError(
+                f"float16: block names {', '.join(repr(op) for op in unknown)}, not ONNX "
+                "operators (op types such as Resize or TopK)"
+            )
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         if self.samples < 1 or self.overflow_limit <= 0:
             raise PipelineSpecError("float16: samples and overflow_limit must be positive")
+        check_provider(self.provider)  # an unavailable provider is the user's error, not a note
         return keep_if_valid(ctx, lambda: self._convert(graph, ctx), self.dtype)
 
     def _convert(self, graph: gs.Graph, ctx: PassContext) -> bool:
@@ -213,6 +232,13 @@ class Float16(Pass):
         plan = _Plan(graph, types, low_type)
         plan.keep_float(_nodes_with_subgraph_reads(graph))
         plan.keep_float(n for n in graph.nodes if n.op in set(self.block))
+        missing = _without_kernels(plan, ctx.model, self.provider)
+        if missing:
+            ops = ", ".join(sorted({n.op for n in missing}))
+            ctx.log(
+                f"kept in float32, since onnxruntime's {self.provider} provider has no "
+                f"{self.dtype} kernel for them: {ops}"
+            )
         if self.dtype == "float16":
             # Weights beyond float16's range would become infinities: never convert those.
             hot = _overflowing(plan, {}, FLOAT16_MAX)
@@ -229,6 +255,9 @@ class Float16(Pass):
             return False
         kept = sum(1 for n in graph.nodes if plan.is_float_node(n) and id(n) not in plan.low)
         casts = plan.rewrite(self.keep_io_types)
+        verdict = onnxruntime_verdict(ctx.model, provider=self.provider)
+        if verdict is not None and not verdict.loads:
+            raise RuntimeError(f"onnxruntime cannot load the converted model: {verdict.problem}")
         ctx.log(
             f"{len(plan.low)} nodes in {self.dtype}, {kept} kept in float32, "
             f"{casts} Cast nodes inserted"
@@ -520,6 +549,66 @@ def _bfloat16_bits(values: np.ndarray) -> np.ndarray:
     bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     return np.where(np.isnan(values), np.uint16(0x7FC0), rounded)
+
+
+# ------------------------------------------------------------------------- kernels
+
+
+def _without_kernels(plan: _Plan, model: Model, provider: str) -> list[gs.Node]:
+    """Convertible nodes for which onnxruntime has no kernel in the low type on ``provider``
+    (its CPU provider has almost no bfloat16 compute), now kept in float32.
+
+    onnxruntime has no call that lists its kernels, so each node's op is tried: a session for
+    a one-node model of it, with its attributes and the types it would have once converted.
+    """
+    opsets = tuple((entry.domain, entry.version) for entry in model.graph.import_domains or []) or (
+        ("", plan.graph.opset),
+    )
+    missing = []
+    for node in plan.graph.nodes:
+        if node.op == "Constant" or not plan.convertible(node):
+            continue
+        probe = _probe(node, plan, opsets, model.ir_version)
+        if probe is not None and not _has_kernel(probe, provider):
+            missing.append(node)
+    plan.keep_float(missing)
+    return missing
+
+
+def _probe(
+    node: gs.Node, plan: _Plan, opsets: tuple[tuple[str, int], ...], ir_version: int
+) -> bytes | None:
+    """A serialized model of ``node`` alone, its tensors typed as after conversion; None
+    where a tensor's type is unknown."""
+    inputs, outputs = plan.typed_tensors(node)
+    proto = OnnxExporter.export_node(node)
+    del proto.input[:], proto.output[:]
+    if node.op == "Cast":
+        next(a for a in proto.attribute if a.name == "to").i = plan.low_type
+    values = ([], [])
+    for side, (tensors, low_positions, names) in enumerate(
+        ((node.inputs, inputs, proto.input), (node.outputs, outputs, proto.output))
+    ):
+        for index, tensor in enumerate(tensors):
+            if not tensor.name:
+                names.append("")
+                continue
+            name = f"{'io'[side]}{index}"
+            elem_type = plan.low_type if index in low_positions else plan.types.get(tensor.name)
+            if elem_type is None:
+                return None
+            names.append(name)
+            values[side].append(onnx.helper.make_tensor_value_info(name, elem_type, None))
+    graph = onnx.helper.make_graph([proto], "probe", values[0], values[1])
+    opset_ids = [onnx.helper.make_opsetid(domain or "", version) for domain, version in opsets]
+    probe = onnx.helper.make_model(graph, opset_imports=opset_ids, ir_version=ir_version)
+    return probe.SerializeToString()
+
+
+@functools.lru_cache(maxsize=4096)
+def _has_kernel(probe: bytes, provider: str) -> bool:
+    verdict = onnxruntime_verdict(onnx.ModelProto.FromString(probe), provider=provider)
+    return verdict is None or verdict.loads
 
 
 # ------------------------------------------------------------------------- overflow guard

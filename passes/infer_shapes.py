@@ -11,6 +11,7 @@ from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_shape
 from onnxslim.model import gs_dtype, stub_proto
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
+from onnxslim.shapes import infer_shapes
 
 __all__ = ["InferShapes"]
 
@@ -21,7 +22,8 @@ class InferShapes(Pass):
 
     Symbolic dimensions stay symbolic, and the declared shapes of graph inputs and outputs are
     kept (only missing ones are filled in). Inference runs on a stand-in of the model whose
-    large weights carry no data, so models over 2 GiB are handled in little memory. Other
+    large weights carry no data, so models over 2 GiB are handled in little memory, and data
+    propagation sees only shape-sized tensors (:mod:`onnxslim.shapes`). Other
     passes (fold-constants folds Shape of static tensors) build on these annotations.
     """
 
@@ -30,7 +32,7 @@ class InferShapes(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         proto = stub_proto(ctx.model)
         try:
-            inferred = onnx.shape_inference.infer_shapes(proto, data_prop=self.data_propagation)
+            inferred = infer_shapes(proto, data_prop=self.data_propagation)
         except (onnx.shape_inference.InferenceError, RuntimeError) as exc:
             ctx.log(f"shape inference failed, shapes left as they were: {exc}")
             return False

@@ -53,6 +53,19 @@ def make_model(
     return model
 
 
+def external_data_file(model_path: Path) -> Path | None:
+    """The one external data file a saved model refers to (None when it has none)."""
+    proto = onnx.load(str(model_path), load_external_data=False)
+    locations = {
+        entry.value
+        for tensor in proto.graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    assert len(locations) <= 1, locations
+    return model_path.parent / locations.pop() if locations else None
+
+
 def run_model(
     proto: onnx.ModelProto, feeds: dict[str, np.ndarray], *, ort_optimizations: bool = True
 ) -> list[np.ndarray]:

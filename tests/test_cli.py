@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import external_data_file
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
@@ -421,7 +422,7 @@ def test_external_data_flag_writes_a_data_file_that_onnxruntime_reads(cnn: Path,
     result = cli("optimize", cnn, "-o", out, "--external-data", "--quiet")
 
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "out.onnx.data").stat().st_size > 0
+    assert external_data_file(out).stat().st_size > 0
     feeds = random_image(1)
     np.testing.assert_allclose(run_model(out, feeds)[0], run_model(cnn, feeds)[0], atol=1e-5)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,6 +12,8 @@ from conftest import classifier, make_model, run_model, tensor_info, text_model
 from onnx import TensorProto, helper
 
 from onnxslim.api import optimize
+from onnxslim.errors import PipelineSpecError
+from onnxslim.inputs import input_specs, synthesize_inputs
 
 FEED = {"image": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
 
@@ -131,14 +134,83 @@ def test_integer_inputs_and_casts_to_float_are_handled():
     np.testing.assert_array_equal(actual[1], expected[1])
 
 
-def test_bfloat16_converts_only_ops_whose_schema_has_bfloat16():
-    converted, _ = _converted(_branching_model(), "float16(dtype=bfloat16)")
-    assert {t.data_type for t in converted.graph.initializer} == {TensorProto.BFLOAT16}
-    assert _ops(converted)["Cast"] == 2
-    # Conv has no bfloat16 form in opset 17: it stays float32, the Gemm converts.
-    classifier_bf16, _ = _converted(classifier(), "float16(dtype=bfloat16)")
-    assert _weight_types(classifier_bf16, "Conv") == [TensorProto.FLOAT] * 2
-    assert _weight_types(classifier_bf16, "Gemm") == [TensorProto.BFLOAT16] * 2
+def test_bfloat16_schema_check_keeps_ops_without_a_bfloat16_form():
+    # Conv has no bfloat16 form in opset 17; Gemm has one.
+    from onnxslim.passes.float16 import _schema_accepts
+
+    assert not _schema_accepts("Conv", 17, TensorProto.BFLOAT16, (0, 1), (0,))
+    assert _schema_accepts("Gemm", 17, TensorProto.BFLOAT16, (0, 1, 2), (0,))
+
+
+TINY_CNN = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_cnn.onnx"
+
+
+@pytest.mark.parametrize("model", ["tiny_cnn", "classifier", "branching"])
+def test_bfloat16_models_load_and_run_on_the_cpu_provider(model):
+    """onnxruntime's CPU provider has bfloat16 kernels for moving data, hardly any for math:
+    ops without one stay float32 (and the note names them), so the model always loads."""
+    proto = {
+        "tiny_cnn": lambda: onnx.load(TINY_CNN),
+        "classifier": classifier,
+        "branching": _branching_model,
+    }[model]()
+    result = optimize(proto, "float16(dtype=bfloat16)")
+    converted = result.model.to_proto()
+    notes = " ".join(result.report.passes[0].notes)
+    assert "no bfloat16 kernel" in notes
+    run_model(converted, synthesize_inputs(input_specs(converted)))
+
+
+def test_an_unknown_op_in_the_block_list_is_an_error():
+    with pytest.raises(PipelineSpecError, match="'NoSuchOp'"):
+        optimize(classifier(), "float16(block=NoSuchOp)")
+
+
+def test_cli_block_adds_to_the_default_block_list(tmp_path):
+    from typer.testing import CliRunner
+
+    from onnxslim.cli import app
+
+    source, output = tmp_path / "m.onnx", tmp_path / "half.onnx"
+    onnx.save(_resize_and_sigmoid_model(), source)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["float16", str(source), "--block", "NoSuchOp", "-o", str(output)])
+    assert refused.exit_code == 2 and "NoSuchOp" in refused.stderr
+    done = runner.invoke(app, ["float16", str(source), "--block", "Sigmoid", "-o", str(output)])
+    assert done.exit_code == 0, done.output
+    converted = onnx.load(output)
+    float32_inputs = {n.op_type: _input_type(converted, n.input[0]) for n in converted.graph.node}
+    assert float32_inputs["Resize"] == TensorProto.FLOAT  # the default list still applies
+    assert float32_inputs["Sigmoid"] == TensorProto.FLOAT
+    assert float32_inputs["MatMul"] == TensorProto.FLOAT16
+
+
+def _resize_and_sigmoid_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Reshape", ["m", "shape"], ["m4"]),
+        helper.make_node("Resize", ["m4", "", "scales"], ["r"], mode="nearest"),
+        helper.make_node("Sigmoid", ["r"], ["y"]),
+    ]
+    return make_model(
+        nodes,
+        [tensor_info("x", TensorProto.FLOAT, [4, 16])],
+        [tensor_info("y", TensorProto.FLOAT, [1, 1, 8, 32])],
+        {
+            "w": rng.standard_normal((16, 16)).astype(np.float32),
+            "shape": np.array([1, 1, 4, 16], np.int64),
+            "scales": np.array([1, 1, 2, 2], np.float32),
+        },
+    )
+
+
+def _input_type(proto: onnx.ModelProto, name: str) -> int:
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    types = {v.name: v.type.tensor_type.elem_type for v in values}
+    types.update({t.name: t.data_type for t in proto.graph.initializer})
+    return types[name]
 
 
 def test_bad_samples_are_refused():

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 from onnxslim.passes.infer_shapes import InferShapes
 from onnxslim.passes.prune.groups import analyze
@@ -32,6 +31,7 @@ from onnxslim.errors import InvalidModelError, PipelineSpecError
 from onnxslim.model import Model, all_constants, copy_graph, stub_proto
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
+from onnxslim.shapes import infer_shapes
 from onnxslim.summary import estimate_flops
 
 __all__ = ["PruneChannels", "keep_counts"]
@@ -179,7 +179,7 @@ def keep_counts(
 
 def _cost(model: Model) -> tuple[int, int]:
     """Parameters and estimated FLOPs of the model as it is now."""
-    proto = onnx.shape_inference.infer_shapes(stub_proto(model), data_prop=True)
+    proto = infer_shapes(stub_proto(model), data_prop=True)
     flops = sum(estimate_flops(proto)[0].values())
     return sum(math.prod(t.shape) for t in all_constants(model.graph)), flops
 

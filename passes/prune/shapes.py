@@ -23,6 +23,7 @@ from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_shape
 from onnxslim.inputs import input_specs, synthesize_inputs
 from onnxslim.model import Model, all_constants, stub_proto, to_proto
 from onnxslim.runtime import open_session
+from onnxslim.shapes import infer_shapes
 
 __all__ = ["pin_shapes"]
 
@@ -76,7 +77,7 @@ def pin_shapes(model: Model) -> dict[str, list | None]:
     proto = stub_proto(model)
     _pin_inputs(proto, runtime, sizes, model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True).graph.value_info
+        inferred = infer_shapes(proto, data_prop=True).graph.value_info
     except (onnx.shape_inference.InferenceError, RuntimeError):
         return {}
     shapes = {info.name: get_onnx_tensor_shape(info) for info in inferred}
