@@ -22,7 +22,6 @@ Counter({'Relu': 1})
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -82,9 +81,7 @@ def _as_pass(step: Pass | Rule | type[Rule] | type[Pass]) -> Pass:
         return step()
     rule = step if isinstance(step, type) else type(step)
     base = FusionSet if rule.min_opset > 1 else RuleSet
-    wrapper = dataclasses.dataclass(
-        type(f"{rule.__name__}Pass", (base,), {"rules": (step,), "__doc__": rule.__doc__})
-    )
+    wrapper = type(f"{rule.__name__}Pass", (base,), {"rules": (step,), "__doc__": rule.__doc__})
     wrapper.name = rule.__name__
     return wrapper()
 

@@ -43,6 +43,7 @@ from onnxslim.rewrite.scope import Scope
 
 __all__ = [
     "Rule",
+    "NoopRule",
     "Match",
     "Miss",
     "MatchResult",
@@ -152,6 +153,27 @@ class Rule:
         return self.max_opset is None or opset <= self.max_opset
 
 
+class NoopRule(Rule):
+    """A rule for nodes whose output equals one of their inputs: ``source`` says which one
+    (or why none does), and the rewrite bypasses the node, keeping graph output names."""
+
+    def source(self, node: gs.Node, scope: Scope) -> gs.Tensor | Miss:
+        raise NotImplementedError(f"{type(self).__name__} must implement source(node, scope)")
+
+    def match(self, node: gs.Node, scope: Scope) -> MatchResult:
+        if not node.inputs:
+            return fail("it has no inputs")
+        source = self.source(node, scope)
+        if isinstance(source, Miss):
+            return source
+        if not scope.can_bypass(node, source):
+            return fail("its output is a graph output that only it can name")
+        return Match(node, source=source)
+
+    def rewrite(self, match: Match) -> bool:
+        return match.scope.bypass(match.node, match.source)
+
+
 def match_at(rule: Rule, node: gs.Node, scope: Scope) -> MatchResult:
     """``rule.match``, then, for a commuting rule, the same with the anchor's operands
     swapped (kept swapped when that matched; the op is commutative, so nothing changes)."""
@@ -192,6 +214,13 @@ class RuleSet(Pass):
     _noted: tuple[weakref.ref, set[str]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Options are dataclass fields: a subclass that adds some must be a dataclass itself
+        # (is_dataclass() is already true of it through its base, so nothing else would).
+        super().__init_subclass__(**kwargs)
+        if "__dataclass_fields__" not in cls.__dict__:
+            dataclass(cls)
 
     def make_rules(self) -> list[Rule]:
         """The rules of one run: new objects, so that per-run state starts empty."""

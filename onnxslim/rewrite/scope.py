@@ -166,6 +166,19 @@ class Scope:
 
     # --------------------------------------------------------------------------- editing
 
+    def set_ints_param(
+        self, node: gs.Node, name: str, index: int, input_since: int, values: list[int]
+    ) -> None:
+        """Write an int-list parameter in the form of the model's opset (see
+        :meth:`ints_param`): an attribute, or a new int64 constant at input ``index``."""
+        if self.opset < input_since:
+            node.attrs[name] = list(values)
+            return
+        while len(node.inputs) <= index:
+            node.inputs.append(gs.Variable.empty())
+        base = f"{node.name or node.outputs[0].name}_{name}"
+        node.inputs[index] = self.new_constant(base, np.array(values, dtype=np.int64))
+
     def fresh_name(self, base: str) -> str:
         """A tensor name no graph of the model uses (``base`` itself when free)."""
         if self._tensor_names is None:

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnxslim.model import read_constant
@@ -21,11 +22,14 @@ from onnxslim.rewrite.nodes import is_op
 __all__ = [
     "Dims",
     "element_type",
+    "known_element_type",
     "static_dim",
     "dims",
     "rank",
     "static_shape",
     "float_dtype",
+    "normalized_axes",
+    "broadcast_keeps",
     "constant_node_value",
     "constant_value",
     "constant_ints",
@@ -51,6 +55,18 @@ def element_type(tensor: gs.Constant) -> int:
     if isinstance(values, LazyValues):
         return int(values.tensor.data_type)
     return int(onnx.helper.np_dtype_to_tensor_dtype(np.asarray(values).dtype))
+
+
+def known_element_type(tensor: gs.Tensor) -> int | None:
+    """The ONNX element type of any tensor, if known."""
+    if isinstance(tensor, gs.Constant):
+        return element_type(tensor)
+    if tensor.dtype is None:
+        return None
+    try:
+        return int(dtype_to_onnx(tensor.dtype))
+    except (TypeError, KeyError, ValueError):  # a type that neither numpy nor gs knows
+        return None
 
 
 def static_dim(dim: object) -> int | None:
@@ -97,6 +113,26 @@ def float_dtype(*tensors: gs.Tensor | None) -> np.dtype | None:
         if np.issubdtype(dtype, np.floating):
             return dtype
     return None
+
+
+def normalized_axes(axes: list[int], rank: int | None) -> list[int] | None:
+    """Axes counted from 0, or None where a negative axis meets an unknown rank or an axis
+    repeats."""
+    if rank is None and any(a < 0 for a in axes):
+        return None
+    normalized = [a + rank if a < 0 else a for a in axes]
+    if len(set(normalized)) != len(normalized):
+        return None
+    return normalized
+
+
+def broadcast_keeps(sizes: Dims, shape: list[int]) -> bool:
+    """Whether broadcasting a tensor of ``sizes`` against ``shape`` leaves its shape as it is."""
+    if len(shape) > len(sizes):
+        return False
+    return all(
+        s == 1 or static_dim(d) == s for s, d in zip(reversed(shape), reversed(sizes), strict=False)
+    )
 
 
 _ATTRIBUTE_FORMS = {
