@@ -209,6 +209,8 @@ class RuleSet(Pass):
     """
 
     rules: ClassVar[tuple[type[Rule] | Rule, ...]] = ()
+    # Whether rules above the model's opset may raise it (FusionSet); else they sit out.
+    raises_opset: ClassVar[bool] = False
     # Notes already given in a context: a note that every fixed-point round would repeat is
     # given once per pipeline run.
     _noted: tuple[weakref.ref, set[str]] | None = field(
@@ -234,7 +236,7 @@ class RuleSet(Pass):
         scope = Scope(graph, opset=ctx.model.opset)
         rules = [rule for rule in self.make_rules() if rule.not_past(scope.opset)]
         changed = False
-        if any(rule.min_opset > scope.opset for rule in rules):
+        if self.raises_opset and any(rule.min_opset > scope.opset for rule in rules):
             raised = self._raise_for(rules, scope, graph, ctx)
             if raised:
                 changed = True
@@ -305,6 +307,7 @@ class FusionSet(RuleSet):
     pipeline's ``--target-opset``) the model's opset is raised to fuse them."""
 
     target_opset: int | None = None
+    raises_opset: ClassVar[bool] = True
 
     def raise_opset_to(self, ctx: PassContext) -> int | None:
         return self.target_opset if self.target_opset is not None else ctx.target_opset

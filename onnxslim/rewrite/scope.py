@@ -117,12 +117,21 @@ class Scope:
         return self.sole_reader(tensor) is node
 
     def feeder(
-        self, node: gs.Node, tensor: gs.Tensor | None, op: str | Collection[str] | None = None
+        self,
+        node: gs.Node | None,
+        tensor: gs.Tensor | None,
+        op: str | Collection[str] | None = None,
+        *,
+        once: bool = False,
     ):
-        """The ``op`` node that writes ``tensor`` for ``node`` alone: removing ``node`` would
-        leave it unread. The usual step of a chain, walked backwards."""
+        """The ``op`` node that writes ``tensor`` for ``node`` alone (``once``: which reads
+        it as one input only): removing ``node`` would leave it unread. The usual step of a
+        chain, walked backwards."""
         producer = self.producer(tensor, op)
-        return producer if producer is not None and self.only_reader(tensor, node) else None
+        if producer is None or node is None:
+            return None
+        reader = self.read_once(tensor) if once else self.sole_reader(tensor)
+        return producer if reader is node else None
 
     @staticmethod
     def other_input(node: gs.Node | None, tensor: gs.Tensor) -> gs.Tensor | None:
