@@ -31,6 +31,7 @@ from onnxslim.passes.eliminations.noop_resize import NoopResize
 from onnxslim.passes.eliminations.noop_slice import NoopSlice
 from onnxslim.passes.eliminations.noop_split import NoopSplit
 from onnxslim.passes.eliminations.noop_transpose import NoopTranspose
+from onnxslim.passes.eliminations.static_shape_values import StaticShapeValues
 
 from onnxslim.registry import register_pass
 from onnxslim.rewrite import RuleSet
@@ -38,6 +39,7 @@ from onnxslim.rewrite import RuleSet
 __all__ = [
     "EliminateNoops",
     "CollapseChains",
+    "SimplifyShapes",
     "NoopCast",
     "NoopReshape",
     "NoopTranspose",
@@ -54,6 +56,7 @@ __all__ = [
     "MergeSlices",
     "RemoveIdentity",
     "RemoveDropout",
+    "StaticShapeValues",
 ]
 
 
@@ -94,3 +97,17 @@ class CollapseChains(RuleSet):
     """
 
     rules = (MergeTransposes, MergeReshapes, CancelSqueezes, MergeSlices)
+
+
+@register_pass("simplify-shapes")
+class SimplifyShapes(RuleSet):
+    """Replace Gather and Slice of a Shape, and Shape with start/end, by constants where
+    every dim they select is static.
+
+    ``Gather(Shape(x), i)`` (constant indices, negative ones counted from the end, axis 0),
+    ``Slice(Shape(x), starts, ends, axes, steps)`` with constant parameters and
+    ``Shape(x, start, end)`` become int64 constants. The consumers read the constant; a
+    tensor that is a graph output keeps its node, so that its name survives.
+    """
+
+    rules = (StaticShapeValues,)
