@@ -156,8 +156,14 @@ def constant_node_value(node: gs.Node) -> gs.Constant | np.ndarray | None:
 
 
 def constant_value(tensor: gs.Tensor | None, max_size: int | None = None) -> np.ndarray | None:
-    """The values of an initializer or Constant-node output, None for anything else or for one
-    of more than ``max_size`` elements (checked before any data is read)."""
+    """The values of an initializer or Constant-node output (behind Identity nodes too), None
+    for anything else or for one of more than ``max_size`` elements (checked before any data
+    is read)."""
+    # The TorchScript exporter shares identical parameters between layers through Identity.
+    while isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1:
+        if not is_op(tensor.inputs[0], "Identity"):
+            break
+        tensor = tensor.inputs[0].inputs[0]
     if isinstance(tensor, gs.Variable):
         producer = tensor.inputs[0] if len(tensor.inputs) == 1 else None
         if not is_op(producer, "Constant"):
