@@ -22,7 +22,6 @@ from onnxslim.rewrite.nodes import is_op
 __all__ = [
     "Dims",
     "element_type",
-    "known_element_type",
     "static_dim",
     "dims",
     "rank",
@@ -44,29 +43,25 @@ Dims = list[int | str | None]
 SCALAR_RTOL = 1e-4
 
 
-def element_type(tensor: gs.Constant) -> int:
-    """The ONNX element type of a constant, read the same way for loaded and folded constants.
+def element_type(tensor: gs.Tensor) -> int | None:
+    """The ONNX element type of a tensor: for a constant read the same way whether it was
+    loaded or folded (always known), for a variable from its dtype (None when unknown).
 
     gs maps some types (INT4 and INT8, say) to one numpy type, so compare this, not dtypes.
     """
+    if not isinstance(tensor, gs.Constant):
+        if tensor.dtype is None:
+            return None
+        try:
+            return int(dtype_to_onnx(tensor.dtype))
+        except (TypeError, KeyError, ValueError):  # a type that neither numpy nor gs knows
+            return None
     values = tensor._values
     if isinstance(values, SparseValues):
         return int(values.tensor.values.data_type)
     if isinstance(values, LazyValues):
         return int(values.tensor.data_type)
     return int(onnx.helper.np_dtype_to_tensor_dtype(np.asarray(values).dtype))
-
-
-def known_element_type(tensor: gs.Tensor) -> int | None:
-    """The ONNX element type of any tensor, if known."""
-    if isinstance(tensor, gs.Constant):
-        return element_type(tensor)
-    if tensor.dtype is None:
-        return None
-    try:
-        return int(dtype_to_onnx(tensor.dtype))
-    except (TypeError, KeyError, ValueError):  # a type that neither numpy nor gs knows
-        return None
 
 
 def static_dim(dim: object) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from onnxslim.rewrite import Miss, NoopRule, Scope, fail, known_element_type
+from onnxslim.rewrite import Miss, NoopRule, Scope, element_type, fail
 
 __all__ = ["NoopCast"]
 
@@ -18,8 +18,8 @@ class NoopCast(NoopRule):
         source = node.inputs[0]
         if node.op == "CastLike":
             like = scope.present(node, 1)
-            target = known_element_type(like) if like is not None else None
+            target = element_type(like) if like is not None else None
         else:
             target = node.attrs.get("to")
-        known = known_element_type(source)
+        known = element_type(source)
         return source if known is not None and known == target else fail("it changes the type")
