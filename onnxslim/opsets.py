@@ -66,9 +66,15 @@ def convert(model: Model, target: int) -> None:
         ) from exc
     fresh = load(converted).graph
     graph = model.graph
-    constants = {
-        name: tensor for name, tensor in graph.tensors().items() if isinstance(tensor, gs.Constant)
-    }
+    before = {name: t for g in iter_graphs(graph) for name, t in g.tensors().items()}
+    constants = {name: t for name, t in before.items() if isinstance(t, gs.Constant)}
+    # The converter drops value_info: tensors it kept keep the types and shapes passes found.
+    for g in iter_graphs(fresh):
+        for name, tensor in g.tensors().items():
+            known = before.get(name)
+            if isinstance(tensor, gs.Variable) and isinstance(known, gs.Variable):
+                tensor.dtype = tensor.dtype if tensor.dtype is not None else known.dtype
+                tensor.shape = tensor.shape if tensor.shape is not None else known.shape
     # stub_proto turned the large constants into graph inputs: make their readers read the
     # original constants again, whose data may still be on disk.
     for g in iter_graphs(fresh):

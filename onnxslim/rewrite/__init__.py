@@ -6,6 +6,8 @@
 * :class:`Rule`, :class:`Match`, :func:`fail`: a rewrite stated as an anchor op, a match that
   returns what the rewrite needs or the reason it does not apply, and the rewrite;
 * :class:`RuleSet`, :class:`FusionSet`: the passes that run rules over every graph;
+* :func:`shape_entries` and :func:`same_dim`: reading shape arithmetic (which dims a Reshape
+  target is made of, and whether two dims are provably equal);
 * the helpers beneath them, usable on their own: :func:`bypass`, :func:`replace_input`,
   :func:`element_type`, :func:`constant_value`, :func:`is_scalar`, :func:`fresh_name`...
 
@@ -36,6 +38,7 @@ from onnxslim.rewrite.rules import (
     sweep,
 )
 from onnxslim.rewrite.scope import Scope
+from onnxslim.rewrite.shapes import DimOf, dim_aliases, same_dim, shape_entries, static_size
 from onnxslim.rewrite.tensors import (
     Dims,
     broadcast_keeps,
@@ -55,6 +58,11 @@ from onnxslim.rewrite.tensors import (
 
 __all__ = [
     "Scope",
+    "DimOf",
+    "shape_entries",
+    "same_dim",
+    "dim_aliases",
+    "static_size",
     "Rule",
     "NoopRule",
     "Match",

@@ -133,6 +133,24 @@ class Scope:
         reader = self.read_once(tensor) if once else self.sole_reader(tensor)
         return producer if reader is node else None
 
+    def only_feeds(self, tensor: gs.Tensor, nodes: Collection[gs.Node], depth: int = 8) -> bool:
+        """Whether removing ``nodes`` leaves ``tensor`` unneeded: no graph sees it, and every
+        reader is one of ``nodes`` or only feeds them in turn (the Shape -> Gather -> Concat
+        chains that compute a removed Reshape's target, say), within ``depth`` steps."""
+        inside = {id(node) for node in nodes}
+
+        def unneeded(current: gs.Tensor, steps: int) -> bool:
+            if self.is_protected(current):
+                return False
+            for reader in current.outputs:
+                if id(reader) in inside:
+                    continue
+                if steps == 0 or not all(unneeded(t, steps - 1) for t in reader.outputs):
+                    return False
+            return True
+
+        return unneeded(tensor, depth)
+
     @staticmethod
     def other_input(node: gs.Node | None, tensor: gs.Tensor) -> gs.Tensor | None:
         """The second operand of a binary ``node`` of which ``tensor`` is one."""

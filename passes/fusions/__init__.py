@@ -16,6 +16,7 @@ are compared with a relative tolerance.
 from __future__ import annotations
 
 from onnxslim.passes.fusions.affine import AffineIntoLinear
+from onnxslim.passes.fusions.attention import AttentionFusion
 from onnxslim.passes.fusions.batchnorm import BatchNormIntoLinear
 from onnxslim.passes.fusions.gelu_erf import ErfGeluFusion
 from onnxslim.passes.fusions.gelu_tanh import TanhGeluFusion
@@ -31,6 +32,7 @@ __all__ = [
     "FuseAffine",
     "FuseLayerNorm",
     "FuseGelu",
+    "FuseAttention",
     "BatchNormIntoLinear",
     "AffineIntoLinear",
     "MatMulAddToGemm",
@@ -38,6 +40,7 @@ __all__ = [
     "LayerNormFusion",
     "ErfGeluFusion",
     "TanhGeluFusion",
+    "AttentionFusion",
 ]
 
 
@@ -105,3 +108,18 @@ class FuseGelu(FusionSet):
     """
 
     rules = (ErfGeluFusion, TanhGeluFusion)
+
+
+@register_pass("fuse-attention")
+class FuseAttention(FusionSet):
+    """Fuse scaled dot-product attention into Attention (opset >= 23).
+
+    Softmax(Q·Kᵀ·scale + mask)·V as BERT, ViT, GPT-2 and Llama exports write it (TorchScript
+    and dynamo): the scale on the scores or on both sides, an additive mask or a Where with a
+    very negative constant, the IsNaN guard, Kᵀ however it is transposed, and grouped-query
+    attention's repeated K/V heads (kept shared: ``kv_num_heads``). Where the graph splits
+    ``[B, S, H*D]`` tensors into heads and merges them back, the Attention node takes the 3-D
+    tensors and the head Reshapes and Transposes go too.
+    """
+
+    rules = (AttentionFusion,)
