@@ -38,7 +38,14 @@ from onnxslim.rewrite.rules import (
     sweep,
 )
 from onnxslim.rewrite.scope import Scope
-from onnxslim.rewrite.shapes import DimOf, dim_aliases, same_dim, shape_entries, static_size
+from onnxslim.rewrite.shapes import (
+    DimOf,
+    dim_aliases,
+    dim_source,
+    same_dim,
+    shape_entries,
+    static_size,
+)
 from onnxslim.rewrite.tensors import (
     Dims,
     broadcast_keeps,
@@ -63,6 +70,7 @@ __all__ = [
     "same_dim",
     "dim_aliases",
     "static_size",
+    "dim_source",
     "Rule",
     "NoopRule",
     "Match",

@@ -29,7 +29,15 @@ import onnx_graphsurgeon as gs
 from onnxslim.rewrite.nodes import is_op
 from onnxslim.rewrite.tensors import constant_value, dims, rank, static_dim
 
-__all__ = ["DimOf", "Entry", "shape_entries", "same_dim", "dim_aliases", "static_size"]
+__all__ = [
+    "DimOf",
+    "Entry",
+    "shape_entries",
+    "same_dim",
+    "dim_aliases",
+    "dim_source",
+    "static_size",
+]
 
 # How far same_dim walks from each side; exports reach the tensor a shape was read from
 # within a few ops.
@@ -263,6 +271,17 @@ def _split_size(node: gs.Node, tensor: gs.Tensor) -> list[int]:
         return []
     position = next(i for i, t in enumerate(node.outputs) if t is tensor)
     return [sizes[position]]
+
+
+def dim_source(tensor: gs.Tensor, axis: int) -> DimOf:
+    """The furthest tensor dim known equal to dim ``axis`` of ``tensor`` (a graph input's,
+    where the walk reaches one): reading a size from there keeps intermediate tensors out of
+    shape computations, and lets computations that read the same source merge."""
+    found = DimOf(tensor, axis)
+    for alias in dim_aliases(tensor, axis):
+        if not isinstance(alias, int):
+            found = DimOf(*alias)
+    return found
 
 
 def static_size(tensor: gs.Tensor, axis: int) -> int | None:

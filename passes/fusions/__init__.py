@@ -23,6 +23,8 @@ from onnxslim.passes.fusions.gelu_tanh import TanhGeluFusion
 from onnxslim.passes.fusions.layernorm import LayerNormFusion
 from onnxslim.passes.fusions.matmul_add import MatMulAddToGemm
 from onnxslim.passes.fusions.pad import PadIntoConvOrPool
+from onnxslim.passes.fusions.rmsnorm import RMSNormFusion
+from onnxslim.passes.fusions.rotary import RotaryFusion
 
 from onnxslim.registry import register_pass
 from onnxslim.rewrite import FusionSet, Rule, RuleSet
@@ -33,6 +35,8 @@ __all__ = [
     "FuseLayerNorm",
     "FuseGelu",
     "FuseAttention",
+    "FuseRMSNorm",
+    "FuseRotary",
     "BatchNormIntoLinear",
     "AffineIntoLinear",
     "MatMulAddToGemm",
@@ -41,6 +45,8 @@ __all__ = [
     "ErfGeluFusion",
     "TanhGeluFusion",
     "AttentionFusion",
+    "RMSNormFusion",
+    "RotaryFusion",
 ]
 
 
@@ -108,6 +114,32 @@ class FuseGelu(FusionSet):
     """
 
     rules = (ErfGeluFusion, TanhGeluFusion)
+
+
+@register_pass("fuse-rmsnorm")
+class FuseRMSNorm(FusionSet):
+    """Fuse decomposed RMS normalization into RMSNormalization (opset >= 23).
+
+    Matches x * 1/sqrt(mean(x²) + eps) * scale as Llama, T5 and Mistral exports write it
+    (Pow or Mul for the square; Div, Reciprocal or Div(1, ·) for the division; the scale
+    optional). The normalized dims must be static; without a scale, a ones tensor is added
+    only when the nodes replaced outweigh it in the file.
+    """
+
+    rules = (RMSNormFusion,)
+
+
+@register_pass("fuse-rotary")
+class FuseRotary(FusionSet):
+    """Fuse rotary position embedding into RotaryEmbedding (opset >= 23).
+
+    Matches x * cos + rotate(x) * sin on 4-D heads, rotate-half (Llama, GPT-NeoX) and
+    interleaved (GPT-J), with cos and sin tables whose halves provably repeat (built as
+    Cos(Concat(f, f)), or constants checked). Run it before fuse-attention, which then keeps
+    the rotation on the 3-D projections.
+    """
+
+    rules = (RotaryFusion,)
 
 
 @register_pass("fuse-attention")

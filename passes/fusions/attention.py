@@ -37,6 +37,7 @@ from onnxslim.rewrite import (
     Miss,
     Rule,
     Scope,
+    dim_source,
     fail,
     same_dim,
     shape_entries,
@@ -98,7 +99,7 @@ class AttentionFusion(Rule):
             k = _flat_tensor(flat.k, graph, scope)
             v = flat.v.flat
             attrs = {"q_num_heads": flat.q.split.heads, "kv_num_heads": flat.k.split.heads}
-            rows, columns = DimOf(q, 1), DimOf(k, 1)
+            rows, columns = DimOf(flat.q.split.flat, 1), DimOf(flat.k.split.flat, 1)
         else:
             q, v = core.q, core.v
             k = core.k if core.k is not None else _heads_first(core.k_split, graph, scope)
@@ -382,7 +383,7 @@ def _flat_tensor(given: _FlatInput, graph: gs.Graph, scope: Scope) -> gs.Tensor:
     if given.rotary is None:
         return flat
     rotary = given.rotary
-    rotated = gs.Variable(scope.fresh_name(f"{flat.name}_rotary"), dtype=flat.dtype)
+    rotated = gs.Variable(scope.fresh_name(f"{flat.name}_rotary"), flat.dtype, flat.shape)
     attrs = dict(rotary.attrs, num_heads=given.split.heads)
     node = gs.Node(
         "RotaryEmbedding",
@@ -419,7 +420,7 @@ def _mask_for(
     if last is not None and same_dim(last[0], rows) and same_dim(last[1], columns):
         return mask
     pieces = [scope.new_constant("attention_mask_ones", np.ones(max(size or 2, 2) - 2, np.int64))]
-    for dim in (rows, columns):
+    for dim in (dim_source(rows.tensor, rows.axis), dim_source(columns.tensor, columns.axis)):
         extent = gs.Variable(scope.fresh_name(f"{dim.tensor.name}_dim{dim.axis}"), np.int64, [1])
         shape = gs.Node(
             "Shape",
