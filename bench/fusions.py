@@ -111,12 +111,14 @@ def bench_model(name: str, args: argparse.Namespace, log) -> Row:
     paths = {"original": exported.path}
     paths["ours"] = folder / f"{name}.ours.onnx"
     paths["onnxruntime"] = folder / f"{name}.onnxruntime.onnx"
-    log(f"[{name}] onnxslim")
-    seconds = {"ours": _ours(exported.path, paths["ours"])}
-    log(f"[{name}] onnxruntime.transformers.optimizer")
-    seconds["onnxruntime"] = _onnxruntime(
-        name, exported.path, paths["onnxruntime"], args.optimizer_python
-    )
+    seconds = {}
+    if not (args.reuse and paths["ours"].exists()):
+        log(f"[{name}] onnxslim")
+        seconds["ours"] = _ours(exported.path, paths["ours"])
+    if not (args.reuse and paths["onnxruntime"].exists()):
+        log(f"[{name}] onnxruntime.transformers.optimizer")
+        python = args.optimizer_python
+        seconds["onnxruntime"] = _onnxruntime(name, exported.path, paths["onnxruntime"], python)
     facts = {variant: GraphFacts.of(path) for variant, path in paths.items()}
     feeds = _feeds(exported.manifest, args.batch)
     check = feeds[f"batch {args.batch}"]
@@ -215,6 +217,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help="a Python with onnxruntime and torch (the transformers optimizer imports torch)",
     )
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep optimized models already in the work folder"
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
