@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 from onnxslim.passes.fusions.heads import (
     HEADS_FIRST,
@@ -47,7 +48,7 @@ __all__ = ["AttentionFusion"]
 
 # A Where that selects this or less for masked scores masks them: exp() of it is 0.
 _MASKED_BELOW = -1e9
-_BOOL = 9  # TensorProto.BOOL
+_BOOL = onnx.TensorProto.BOOL
 _FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
