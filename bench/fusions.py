@@ -3,7 +3,7 @@
 For BERT-base, ViT-base, GPT-2 and a Llama-style decoder of GPT-2's size (grouped-query
 attention, RMSNorm, rotary embedding), exported from torch with random weights by
 ``export_models.py`` (TorchScript at opset 17 without constant folding by default, as users
-export; ``--exporter dynamo`` for torch.export), the script makes
+export; ``--exporter dynamo`` for torch.export at opset 18), the script makes
 
 * ours: ``onnxslim.optimize(model, target_opset=23)``, the default pipeline fusing into the
   standard Attention, RMSNormalization, RotaryEmbedding, LayerNormalization and Gelu;
@@ -98,7 +98,7 @@ def _feeds(manifest: dict[str, Any], batch: int) -> dict[str, dict[str, Any]]:
 
 def bench_model(name: str, args: argparse.Namespace, log) -> Row:
     folder = args.workdir / f"{args.exporter}-{'folded' if args.fold else 'unfolded'}"
-    opset = 17 if args.exporter == "torchscript" else 0
+    opset = 17 if args.exporter == "torchscript" else 18
     exported = ensure_exported(
         name,
         folder,
