@@ -96,6 +96,10 @@ def _feeds(manifest: dict[str, Any], batch: int) -> dict[str, dict[str, Any]]:
     }
 
 
+def _newer(path: Path, than: Path) -> bool:
+    return path.exists() and path.stat().st_mtime > than.stat().st_mtime
+
+
 def bench_model(name: str, args: argparse.Namespace, log) -> Row:
     folder = args.workdir / f"{args.exporter}-{'folded' if args.fold else 'unfolded'}"
     opset = 17 if args.exporter == "torchscript" else 18
@@ -112,10 +116,10 @@ def bench_model(name: str, args: argparse.Namespace, log) -> Row:
     paths["ours"] = folder / f"{name}.ours.onnx"
     paths["onnxruntime"] = folder / f"{name}.onnxruntime.onnx"
     seconds = {}
-    if not (args.reuse and paths["ours"].exists()):
+    if not (args.reuse and _newer(paths["ours"], exported.path)):
         log(f"[{name}] onnxslim")
         seconds["ours"] = _ours(exported.path, paths["ours"])
-    if not (args.reuse and paths["onnxruntime"].exists()):
+    if not (args.reuse and _newer(paths["onnxruntime"], exported.path)):
         log(f"[{name}] onnxruntime.transformers.optimizer")
         python = args.optimizer_python
         seconds["onnxruntime"] = _onnxruntime(name, exported.path, paths["onnxruntime"], python)
@@ -137,13 +141,14 @@ def bench_model(name: str, args: argparse.Namespace, log) -> Row:
         seconds=seconds,
         fused={op: ours_ops.get(op, 0) for op in FUSED_OPS},
     )
-    log(f"[{name}] latency, {args.rounds} interleaved rounds")
     variants = [paths[v] for v in VARIANTS]
-    latencies = interleaved_latency(
-        variants, feeds, runs=args.runs, rounds=args.rounds, threads=args.threads
-    )
-    row.latency_ms = dict(zip(VARIANTS, latencies, strict=True))
-    if args.cpu_time:
+    if args.clock in ("wall", "both"):
+        log(f"[{name}] latency, {args.rounds} interleaved rounds")
+        latencies = interleaved_latency(
+            variants, feeds, runs=args.runs, rounds=args.rounds, threads=args.threads
+        )
+        row.latency_ms = dict(zip(VARIANTS, latencies, strict=True))
+    if args.clock in ("cpu", "both"):
         log(f"[{name}] CPU time with one thread, {args.rounds} interleaved rounds")
         cpu = interleaved_latency(
             variants, feeds, runs=args.runs, rounds=args.rounds, threads=1, cpu_time=True
@@ -202,9 +207,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=25, help="runs per variant and batch")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     parser.add_argument(
-        "--cpu-time",
-        action="store_true",
-        help="also measure CPU time per run with one thread (steadier on a busy machine)",
+        "--clock",
+        choices=("wall", "cpu", "both"),
+        default="wall",
+        help="wall: latency with --threads; cpu: the process's CPU time per run with one "
+        "thread, which other work on a busy machine disturbs far less",
     )
     parser.add_argument("--quick", action="store_true", help="3 rounds of 6 runs")
     parser.add_argument("--workdir", type=Path, default=REPO / ".bench" / "fusions")
