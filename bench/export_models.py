@@ -9,8 +9,10 @@ folder; by hand::
 The models are what users export right after training, with random weights (fixed seed) so that
 nothing is downloaded: ResNet-50 and MobileNetV2 written here in torch, with BatchNorm
 statistics and affine parameters randomized (an exporter that folds them must get the
-arithmetic right), and BERT-base, GPT-2 and ViT-base built by ``transformers`` from their
-default configurations. Each export uses opset 17 and dynamic batch (and sequence) axes, and
+arithmetic right), BERT-base, GPT-2 and ViT-base built by ``transformers`` from their
+default configurations, and a Llama-style decoder of GPT-2's size (grouped-query attention,
+RMSNorm, rotary embedding; ``bench/fusions.py``). Each export uses opset 17 and dynamic batch
+(and sequence) axes, and
 writes ``NAME.onnx`` plus ``NAME.json``: the inputs' names, sample shapes and value ranges, so
 that the benchmark can feed the model without importing torch.
 """
@@ -263,6 +265,23 @@ def _vit() -> nn.Module:
     return _PositionalCall(model, ("pixel_values",))
 
 
+def _llama() -> nn.Module:
+    """A Llama-style decoder of GPT-2's size: 12 layers of width 768, 12 query heads sharing 4
+    key/value heads (grouped-query attention), RMSNorm, rotary embedding, SiLU gating."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        vocab_size=32000,
+        use_cache=False,
+    )
+    return _PositionalCall(LlamaForCausalLM(config), ("input_ids", "attention_mask"))
+
+
 def _image_input(name: str) -> tuple[InputSpec, ...]:
     return (InputSpec(name, (BATCH, 3, IMAGE, IMAGE), "normal", {0: "batch"}),)
 
@@ -288,6 +307,7 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "gpt2": ModelSpec(_gpt2, _text_inputs(50257), {"logits": _PER_TOKEN}),
     "vit-base": ModelSpec(_vit, _image_input("pixel_values"), _PER_IMAGE),
+    "llama": ModelSpec(_llama, _text_inputs(32000), {"logits": _PER_TOKEN}),
 }
 
 

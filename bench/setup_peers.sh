@@ -5,8 +5,9 @@
 #                 PyPI onnxslim has this project's import name;
 #   .venv-export  torch and transformers, to export the model set (onnxscript: the torch.export
 #                 based exporter, for --exporter dynamo), scikit-learn for
-#                 fixtures/train_digits_cnn.py, and the pretrained models and sample data that
-#                 bench/real_models.py serves (see bench/README.md);
+#                 fixtures/train_digits_cnn.py, the pretrained models and sample data that
+#                 bench/real_models.py serves (see bench/README.md), and onnxruntime, which
+#                 bench/fusions.py's peer (onnxruntime.transformers.optimizer) runs beside torch;
 #   .venv-vision  (only when asked: `vision`) torch with torchvision, transformers and onnxscript,
 #                 to export bench/sweep.py's model set and fixtures/export_raw_fixtures.py.
 #                 PyPI's torchvision does not import beside the local torch 2.13 CPU wheel

@@ -43,6 +43,8 @@ from _report import consoles, work_folder
 from rich.console import Console
 from rich.table import Table
 
+from onnxslim.testing import run_outputs
+
 __all__ = [
     "MODELS",
     "TOOLS",
@@ -173,14 +175,17 @@ def ensure_exported(
     opset: int,
     python: Path,
     log: Callable[[str], None],
+    constant_folding: bool = True,
 ) -> Exported:
-    """The exported model ``name`` from ``folder``, exported first if it is not there yet."""
+    """The exported model ``name`` from ``folder``, exported first if it is not there yet
+    (keep exports with and without ``constant_folding`` in different folders)."""
     path, manifest_path = folder / f"{name}.onnx", folder / f"{name}.json"
     if not (path.exists() and _current(manifest_path)):
         log(f"[{name}] exporting with torch ({exporter}, opset {opset})")
         folder.mkdir(parents=True, exist_ok=True)
         command = [str(python), str(REPO / "bench" / "export_models.py"), "--out", str(folder)]
         command += ["--exporter", exporter, "--opset", str(opset), name]
+        command += [] if constant_folding else ["--no-constant-folding"]
         done = subprocess.run(command, env=_peer_env(), capture_output=True, text=True)
         if done.returncode != 0:
             raise ExportError(f"{name}: export failed:\n{done.stderr[-4000:]}")
@@ -210,21 +215,6 @@ def make_feed(inputs: Sequence[dict[str, Any]], seed: int) -> dict[str, np.ndarr
         else:
             feed[spec["name"]] = rng.standard_normal(shape, dtype=np.float32)
     return feed
-
-
-def _run(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Outputs by name, on onnxruntime's CPU provider with its own rewrites off: what the file
-    computes, not what onnxruntime would make of it."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [output.name for output in session.get_outputs()]
-    wanted = {i.name for i in session.get_inputs()}
-    feed = {name: value for name, value in feed.items() if name in wanted}
-    return dict(zip(names, session.run(None, feed), strict=True))
 
 
 def compare_outputs(
@@ -436,7 +426,7 @@ def bench_model(
     feed = make_feed(exported.manifest["inputs"], seed)
     log(f"[{name}] reference outputs on onnxruntime")
     try:
-        expected = _run(exported.path, feed)
+        expected = run_outputs(exported.path, feed)
     except Exception as exc:  # onnxruntime's own untyped errors
         raise ExportError(f"{name}: the export does not run: {str(exc).splitlines()[0]}") from exc
     for tool in tools:
@@ -458,7 +448,7 @@ def bench_model(
             )
             run.facts = GraphFacts.of(result)
             run.match, run.max_rel_diff, run.mismatch = compare_outputs(
-                expected, _run(result, feed)
+                expected, run_outputs(result, feed)
             )
         except MeasurementError as exc:
             run.error = str(exc)

@@ -1,6 +1,7 @@
 """onnxslim: graph-level ONNX optimization and compression.
 
-The public API, for post-export steps and for pass authors::
+The public API, for post-export steps and for pass authors (``Pass``, ``Rule``, ``RuleSet``,
+``Scope``; see :mod:`onnxslim.rewrite` and :mod:`onnxslim.testing`)::
 
     import onnxslim
     model, report = onnxslim.optimize("model.onnx", output="model.slim.onnx", validate=True)
@@ -26,6 +27,7 @@ from onnxslim.errors import (
 from onnxslim.model import Model, load, save, to_proto
 from onnxslim.pipeline import FixedPoint, Pass, PassContext, PassManager, PassRecord
 from onnxslim.registry import parse_pipeline, register_pass, registered_passes
+from onnxslim.rewrite import FusionSet, Match, Rule, RuleSet, Scope, fail
 
 # Imported here, not lazily: loading the submodule ``onnxslim.validate`` later would rebind the
 # package attribute ``validate`` from this function to the module. (onnxruntime itself is still
@@ -55,6 +57,12 @@ __all__ = [
     "register_pass",
     "registered_passes",
     "parse_pipeline",
+    "Rule",
+    "RuleSet",
+    "FusionSet",
+    "Match",
+    "fail",
+    "Scope",
     "OnnxSlimError",
     "ModelLoadError",
     "ModelSaveError",

@@ -57,7 +57,8 @@ ENTRY_POINT_GROUP = "onnxslim.passes"
 # Shapes first, so that folding and the shape-aware rewrites see static shapes in round one.
 DEFAULT_PIPELINE = (
     "[infer-shapes,simplify-shapes,cleanup,fold-constants,eliminate-noops,collapse-chains,"
-    "fuse-batchnorm,fuse-affine,fuse-layernorm,fuse-gelu,cse]*10"
+    "fuse-batchnorm,fuse-affine,fuse-layernorm,fuse-gelu,fuse-rmsnorm,fuse-rotary,"
+    "fuse-attention,cse]*10"
 )
 
 _REGISTRY: dict[str, type[Pass]] = {}

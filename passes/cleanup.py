@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 
-import numpy as np
 import onnx_graphsurgeon as gs
+from onnxslim.passes.eliminations import RemoveDropout, RemoveIdentity
 
-from onnxslim.model import iter_graphs, read_constant, read_constant_bytes
-from onnxslim.pipeline import Pass, PassContext
+from onnxslim.model import iter_graphs, read_constant_bytes
+from onnxslim.pipeline import PassContext
 from onnxslim.registry import register_pass
-from onnxslim.rewrite import bypass, element_type, replace_input
+from onnxslim.rewrite import Rule, RuleSet, Scope, element_type, replace_uses
 
 __all__ = ["Cleanup"]
 
@@ -20,7 +20,7 @@ _PREFIX_BYTES = 4096
 
 
 @register_pass("cleanup")
-class Cleanup(Pass):
+class Cleanup(RuleSet):
     """Remove Identity and inference-mode Dropout, merge identical initializers, drop dead code.
 
     Dead nodes and unused initializers go, and the graph is sorted topologically (the manager
@@ -32,50 +32,30 @@ class Cleanup(Pass):
     remove_dropout: bool = True
     deduplicate_initializers: bool = True
 
+    def make_rules(self) -> list[Rule]:
+        chosen = {RemoveIdentity: self.remove_identity, RemoveDropout: self.remove_dropout}
+        return [rule() for rule, wanted in chosen.items() if wanted]
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
-        changed = False
-        for g in iter_graphs(graph):
-            for node in list(g.nodes):
-                if (self.remove_identity and _is_removable_identity(node)) or (
-                    self.remove_dropout and _is_inference_dropout(node, g)
-                ):
-                    changed |= bypass(g, node)
+        changed = super().run(graph, ctx)
         if self.deduplicate_initializers:
-            changed |= _deduplicate_constants(graph)
+            changed |= _deduplicate_constants(Scope(graph))
         # The manager cleans up after a change; a standalone run must still remove dead code.
         before = sum(len(g.nodes) for g in iter_graphs(graph))
         graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True)
         return changed or sum(len(g.nodes) for g in iter_graphs(graph)) != before
 
 
-def _is_removable_identity(node: gs.Node) -> bool:
-    return node.op == "Identity" and node.domain in ("", "ai.onnx", None)
-
-
-def _is_inference_dropout(node: gs.Node, graph: gs.Graph) -> bool:
-    """A Dropout that passes its input through: mask unused and not in training mode."""
-    if node.op != "Dropout" or node.domain not in ("", "ai.onnx", None):
-        return False
-    if len(node.outputs) > 1 and (node.outputs[1].outputs or node.outputs[1] in graph.outputs):
-        return False
-    if len(node.inputs) > 2 and node.inputs[2].name:
-        training = node.inputs[2]
-        if not isinstance(training, gs.Constant) or bool(np.any(read_constant(training))):
-            return False
-    return True
-
-
-def _deduplicate_constants(graph: gs.Graph) -> bool:
+def _deduplicate_constants(scope: Scope) -> bool:
     """Point every reader of an initializer at the first identical one."""
-    protected = {id(t) for g in iter_graphs(graph) for t in g.inputs + g.outputs}
     by_signature: dict[tuple, list[gs.Constant]] = defaultdict(list)
     seen: set[int] = set()
-    for g in iter_graphs(graph):
+    for g in scope.graphs:
         for tensor in g.tensors().values():
             if (
                 isinstance(tensor, gs.Constant)
                 and id(tensor) not in seen
-                and id(tensor) not in protected
+                and not scope.is_protected(tensor)
             ):
                 seen.add(id(tensor))
                 by_signature[(element_type(tensor), tuple(tensor.shape))].append(tensor)
@@ -95,8 +75,7 @@ def _deduplicate_constants(graph: gs.Graph) -> bool:
                 digest = _digest(tensor, prefix_only=False)
                 keeper = keepers.setdefault(digest, tensor)
                 if keeper is not tensor:
-                    for consumer in list(tensor.outputs):
-                        replace_input(consumer, tensor, keeper)
+                    replace_uses(tensor, keeper)
                     changed = True
     return changed
 

@@ -19,8 +19,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, defs
 from onnx_graphsurgeon.ir.tensor import SparseValues
-from onnxslim.passes.fuse_patterns import raise_opset
 
+from onnxslim import opsets
 from onnxslim.checking import RuntimeVerdict, check_model, onnxruntime_verdict
 from onnxslim.errors import OnnxSlimError, PassError
 from onnxslim.inputs import model_input_specs, synthesize_inputs
@@ -182,33 +182,25 @@ def _check_target(target: int) -> None:
 def _convert_opset(model: Model, target: int, log: Callable[[str], None]) -> None:
     source = model.opset
     try:
-        raise_opset(model, target)
+        opsets.convert(model, target)
         return
     except PassError as exc:
         failure = str(exc)
     unchanged, changed = _signature_check(model.graph, source, target)
     if changed:
         raise ConversionError(f"{failure}; {', '.join(sorted(changed))} differ between opsets")
-    _set_default_opset(model.graph, target)
+    opsets.set_default_opset(model.graph, target)
     try:
         check_model(model)
     except OnnxSlimError as exc:
-        _set_default_opset(model.graph, source)
+        opsets.set_default_opset(model.graph, source)
         raise ConversionError(f"{failure}; relabelling the opset fails too: {exc}") from exc
-    _raise_ir_for_opset(model)
+    opsets.relabel(model, target)
     log(
         f"onnx.version_converter failed ({failure.split(': ', 1)[-1]}); relabelled opset "
         f"{source} -> {target} since {', '.join(sorted(unchanged)) or 'no op'} keep their "
         "inputs, outputs and attributes"
     )
-
-
-def _set_default_opset(graph: gs.Graph, version: int) -> None:
-    """Relabel the default-domain opset (gs writes ``import_domains`` when it has them)."""
-    graph.opset = version
-    for entry in graph.import_domains or []:
-        if entry.domain in STANDARD_DOMAINS:
-            entry.version = version
 
 
 def _signature_check(graph: gs.Graph, source: int, target: int) -> tuple[set[str], set[str]]:
@@ -244,21 +236,6 @@ def _signature(schema: defs.OpSchema) -> tuple:
     )
 
 
-def _raise_ir_for_opset(model: Model) -> None:
-    model.shell.ir_version = max(model.shell.ir_version, _opset_ir(model))
-
-
-def _opset_ir(model: Model) -> int:
-    """The least IR version that the model's opset imports need."""
-    opsets = [onnx.helper.make_opsetid("", model.opset)]
-    opsets += [
-        onnx.helper.make_opsetid(entry.domain, entry.version)
-        for entry in model.graph.import_domains or []
-        if entry.domain not in STANDARD_DOMAINS
-    ]
-    return onnx.helper.find_min_ir_version_for(opsets, ignore_unknown=True)
-
-
 def _set_ir_version(model: Model, ir_version: int) -> None:
     if not 3 <= ir_version <= onnx.IR_VERSION:
         raise ConversionError(
@@ -273,7 +250,7 @@ def _set_ir_version(model: Model, ir_version: int) -> None:
 
 def _ir_requirements(model: Model) -> dict[str, int]:
     """What in the model needs which IR version."""
-    needs = {f"opset {model.opset}": _opset_ir(model)}
+    needs = {f"opset {model.opset}": opsets.least_ir_version(model)}
     if model.graph.functions:
         needs["model-local functions"] = _FUNCTIONS_IR
     for elem_type in _element_types(model.graph):

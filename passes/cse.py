@@ -10,16 +10,22 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from onnxslim.model import iter_graphs, read_constant, read_constant_bytes
+from onnxslim.model import read_constant, read_constant_bytes
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
-from onnxslim.rewrite import NONDETERMINISTIC_OPS, element_type
+from onnxslim.rewrite import (
+    NONDETERMINISTIC_OPS,
+    STANDARD_DOMAINS,
+    Scope,
+    element_type,
+    replace_uses,
+)
 
 __all__ = ["EliminateCommonSubexpressions"]
 
 _PREFIX_BYTES = 4096
 # Domains whose ops are pure functions of their inputs and attributes (but see below).
-_DETERMINISTIC_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+_DETERMINISTIC_DOMAINS = (*STANDARD_DOMAINS, "ai.onnx.ml")
 
 
 @register_pass("cse")
@@ -35,15 +41,15 @@ class EliminateCommonSubexpressions(Pass):
     """
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
-        protected = {id(t) for g in iter_graphs(graph) for t in g.inputs + g.outputs}
+        scope = Scope(graph, opset=ctx.model.opset)
         pure = _PureNodes()
         changed = False
-        for g in iter_graphs(graph):
-            changed |= _merge_duplicates(g, protected, pure)
+        for g in scope.graphs:
+            changed |= _merge_duplicates(g, scope, pure)
         return changed
 
 
-def _merge_duplicates(graph: gs.Graph, protected: set[int], pure: _PureNodes) -> bool:
+def _merge_duplicates(graph: gs.Graph, scope: Scope, pure: _PureNodes) -> bool:
     """Merge every node of ``graph`` into the first earlier node that computes the same."""
     subgraphs = _SubgraphBytes()
     candidates: dict[tuple, list[gs.Node]] = defaultdict(list)
@@ -56,7 +62,7 @@ def _merge_duplicates(graph: gs.Graph, protected: set[int], pure: _PureNodes) ->
         keeper = next(
             (k for k in same if _same_constants(k, node) and subgraphs.same(k, node)), None
         )
-        if keeper is not None and _merge(keeper, node, protected):
+        if keeper is not None and _merge(keeper, node, scope):
             merged.add(id(node))
         else:
             same.append(node)
@@ -187,31 +193,22 @@ def _equal_values(a: gs.Constant, b: gs.Constant) -> bool:
     return read_constant_bytes(a) == read_constant_bytes(b)
 
 
-def _merge(keeper: gs.Node, duplicate: gs.Node, protected: set[int]) -> bool:
+def _merge(keeper: gs.Node, duplicate: gs.Node, scope: Scope) -> bool:
     """Let ``keeper``'s outputs stand for ``duplicate``'s and disconnect ``duplicate``.
 
     Where ``duplicate`` writes a graph output, ``keeper`` writes that tensor instead, so the
     name stays; when both write graph outputs, the two stay apart.
     """
     pairs = list(zip(keeper.outputs, duplicate.outputs, strict=True))
-    if any(id(k) in protected and id(d) in protected for k, d in pairs):
+    if any(scope.is_protected(k) and scope.is_protected(d) for k, d in pairs):
         return False
-    duplicate.inputs.clear()
-    duplicate.outputs.clear()
+    scope.detach(duplicate)
     for index, (kept, dropped) in enumerate(pairs):
         if not dropped.name:
             continue
-        if id(dropped) in protected:
-            _redirect(kept, dropped)
+        if scope.is_protected(dropped):
+            replace_uses(kept, dropped)
             keeper.outputs[index] = dropped
         else:
-            _redirect(dropped, kept)
+            replace_uses(dropped, kept)
     return True
-
-
-def _redirect(old: gs.Tensor, new: gs.Tensor) -> None:
-    """Make every reader of ``old`` (in subgraphs too) read ``new``."""
-    for reader in list(old.outputs):
-        for index, tensor in enumerate(reader.inputs):
-            if tensor is old:
-                reader.inputs[index] = new

@@ -38,8 +38,7 @@ last fit uses the real values.
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,15 +50,20 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onn
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnxslim.errors import PipelineSpecError
-from onnxslim.model import Model, iter_graphs, read_constant
+from onnxslim.model import Model, read_constant
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
-from onnxslim.rewrite import NONDETERMINISTIC_OPS, describe_nodes
+from onnxslim.rewrite import (
+    NONDETERMINISTIC_OPS,
+    STANDARD_DOMAINS,
+    Scope,
+    constant_node_value,
+    static_shape,
+)
 from onnxslim.runtime import open_session
 
 __all__ = ["FoldConstants"]
 
-_STANDARD_DOMAINS = ("", "ai.onnx")
 # Quantized models keep their QuantizeLinear/DequantizeLinear pairs: runtimes fuse them into
 # integer kernels, and folding DequantizeLinear would store the weights as floats again.
 _QUANTIZATION = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
@@ -123,34 +127,20 @@ class FoldConstants(Pass):
             )
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
-        graphs = list(iter_graphs(graph))
-        scope = _Scope.of(graphs, ctx.model.ir_version)
+        scope = Scope(graph, opset=ctx.model.opset)
         changed = False
-        for g in graphs:
-            plan = _Plan.of(g, scope)
+        for g in scope.graphs:
+            plan = _Plan.of(g, scope, ctx.model.ir_version)
             if not plan.folded:
                 continue
             plan.fit(self.max_growth_bytes)
             while plan.evaluate(ctx.model):
                 plan.fit(self.max_growth_bytes)
-            for note in plan.notes(self.max_growth_bytes):
-                ctx.log(note)
+            plan.leave_notes(self.max_growth_bytes)
             changed |= plan.apply()
+        for line in scope.note_lines(self.name):
+            ctx.log(line)
         return changed
-
-
-@dataclass(frozen=True)
-class _Scope:
-    """Facts about all graphs of the model that decide what a fold adds and frees."""
-
-    inputs: frozenset[int]  # tensors any graph takes as an input
-    outputs: Counter[int]  # tensors any graph gives out, with how many graphs do
-    ir_version: int
-
-    @classmethod
-    def of(cls, graphs: Sequence[gs.Graph], ir_version: int) -> _Scope:
-        inputs = frozenset(id(t) for g in graphs for t in g.inputs)
-        return cls(inputs, Counter(id(t) for g in graphs for t in g.outputs), ir_version)
 
 
 @dataclass
@@ -161,7 +151,8 @@ class _Plan:
     """
 
     graph: gs.Graph
-    scope: _Scope
+    scope: Scope
+    ir_version: int
     candidates: list[gs.Node] = field(default_factory=list)  # every foldable node, in order
     folded: set[int] = field(default_factory=set)  # the candidates still planned to be folded
     producer: dict[int, gs.Node] = field(default_factory=dict)  # output tensor -> candidate
@@ -173,8 +164,8 @@ class _Plan:
     _removed_bytes: dict[int, int] = field(default_factory=dict)  # by node, computed once
 
     @classmethod
-    def of(cls, graph: gs.Graph, scope: _Scope) -> _Plan:
-        plan = cls(graph, scope)
+    def of(cls, graph: gs.Graph, scope: Scope, ir_version: int) -> _Plan:
+        plan = cls(graph, scope, ir_version)
         for node in graph.nodes:
             static = plan.static_values(node)
             if static is None and not (
@@ -196,14 +187,17 @@ class _Plan:
 
     def static_values(self, node: gs.Node) -> list[_Value] | None:
         """Outputs known without evaluation: Shape/Size of static tensors, Constant nodes."""
-        if (node.domain or "") not in _STANDARD_DOMAINS or len(node.outputs) != 1:
+        if node.domain not in STANDARD_DOMAINS or len(node.outputs) != 1:
             return None
         if node.op == "Constant":
-            return _constant_attribute(node.attrs)
+            value = constant_node_value(node)
+            if value is None:
+                return None  # strings and sparse values: onnxruntime computes them
+            return [value._values if isinstance(value, gs.Constant) else value]
         if node.op not in ("Shape", "Size") or not node.inputs:
             return None
         source = node.inputs[0]
-        shape = _static_shape(source)
+        shape = static_shape(source)
         if shape is None:
             return None
         if node.op == "Size":
@@ -223,7 +217,9 @@ class _Plan:
             for node in self.folded_nodes()
             for t in node.outputs
             if t.name
-            and (id(t) in self.scope.outputs or any(id(c) not in self.folded for c in t.outputs))
+            and (
+                self.scope.graph_output_count(t) or any(id(c) not in self.folded for c in t.outputs)
+            )
         ]
 
     # ------------------------------------------------------------------------------ sizes
@@ -248,9 +244,9 @@ class _Plan:
             return 0
         added = _field_bytes(_field_bytes(record))  # graph { initializer { ... } }
         typed = _field_bytes(helper.make_tensor_value_info(tensor.name, data_type, dims).ByteSize())
-        if outputs := self.scope.outputs[id(tensor)]:
+        if outputs := self.scope.graph_output_count(tensor):
             added += outputs * (typed - _value_info_bytes(tensor))
-        if self.scope.ir_version < 4:
+        if self.ir_version < 4:
             added += typed
         self._added_bytes[id(tensor)] = added
         return added
@@ -281,8 +277,7 @@ class _Plan:
                     isinstance(tensor, gs.Constant)
                     and id(tensor) not in freed
                     and not isinstance(tensor._values, SparseValues)  # uncounted: errs safe
-                    and id(tensor) not in self.scope.inputs
-                    and id(tensor) not in self.scope.outputs
+                    and not self.scope.is_protected(tensor)
                     and all(id(c) in self.folded for c in tensor.outputs)
                 ):
                     freed[id(tensor)] = _field_bytes(_tensor_bytes(tensor.name, tensor._values))
@@ -393,22 +388,16 @@ class _Plan:
 
     # ------------------------------------------------------------------------------ apply
 
-    def notes(self, budget: int) -> list[str]:
-        """One line per reason for leaving nodes unfolded, naming the first few nodes."""
-        by_reason: dict[str, list[gs.Node]] = {}
+    def leave_notes(self, budget: int) -> None:
+        """Tell, by reason, which candidates stay unfolded."""
         for node in self.candidates:
             if reason := self.failures.get(id(node)):
-                by_reason.setdefault(f"onnxruntime cannot evaluate them ({reason})", []).append(
-                    node
-                )
+                self.scope.leave(f"onnxruntime cannot evaluate them ({reason})", node)
         if self.kept_for_size:
-            reason = f"they would grow the file by more than max_growth_bytes={budget} bytes"
-            by_reason[reason] = self.kept_for_size
-        return [
-            f"fold-constants: left {len(nodes)} node(s) unfolded because {reason}: "
-            f"{describe_nodes(nodes)}"
-            for reason, nodes in by_reason.items()
-        ]
+            self.scope.leave(
+                f"folding them would grow the file by more than max_growth_bytes={budget} bytes",
+                self.kept_for_size,
+            )
 
     def apply(self) -> bool:
         """Turn the frontier into constants and remove the folded nodes."""
@@ -430,7 +419,7 @@ class _Plan:
 def _evaluable(node: gs.Node) -> bool:
     """Whether onnxruntime may compute this node once, for good, at optimization time."""
     return (
-        (node.domain or "") in _STANDARD_DOMAINS
+        node.domain in STANDARD_DOMAINS
         and node.op not in NONDETERMINISTIC_OPS
         and node.op not in _QUANTIZATION
         and node.op not in _NON_TENSOR_OUTPUTS
@@ -447,32 +436,6 @@ def _is_subgraph(value: Any) -> bool:
 
 def _clamp_axis(axis: int, rank: int) -> int:
     return min(max(axis + rank if axis < 0 else axis, 0), rank)
-
-
-def _constant_attribute(attrs: dict[str, Any]) -> list[_Value] | None:
-    """The value of a Constant node, for the numeric attribute forms (others go to ORT)."""
-    if isinstance(attrs.get("value"), gs.Constant):
-        return [attrs["value"]._values]
-    forms = {
-        "value_float": np.float32,
-        "value_floats": np.float32,
-        "value_int": np.int64,
-        "value_ints": np.int64,
-    }
-    for name, dtype in forms.items():
-        if name in attrs:
-            return [np.array(attrs[name], dtype=dtype)]
-    return None
-
-
-def _static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
-    shape = tensor.shape
-    if shape is None or (isinstance(tensor, gs.Variable) and tensor.type != "tensor_type"):
-        return None
-    dims = tuple(shape)
-    if all(isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 0 for d in dims):
-        return tuple(int(d) for d in dims)
-    return None
 
 
 # ---------------------------------------------------------------------------------- sizes
@@ -515,7 +478,7 @@ def _type_of(value: _Value) -> tuple[int, list[int]]:
 
 def _static_type(tensor: gs.Tensor) -> tuple[int, list[int], int] | None:
     """ONNX element type, dims and data bytes of a tensor not yet computed, if all known."""
-    shape = _static_shape(tensor)
+    shape = static_shape(tensor)
     if shape is None or tensor.dtype is None:
         return None
     try:

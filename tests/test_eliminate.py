@@ -8,7 +8,7 @@ import onnx
 import pytest
 from conftest import make_model, run_model, tensor_info
 from onnx import TensorProto, helper
-from onnxslim.passes.eliminate import CollapseChains, EliminateNoops
+from onnxslim.passes.eliminations import CollapseChains, EliminateNoops
 from onnxslim.passes.infer_shapes import InferShapes
 
 from onnxslim.model import load, to_proto

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from conftest import make_model, run_model, tensor_info
 from onnx import TensorProto, helper
-from onnxslim.passes.fuse_linear import FuseAffine, FuseBatchNorm
+from onnxslim.passes.fusions import FuseAffine, FuseBatchNorm
 from onnxslim.passes.infer_shapes import InferShapes
 
 from onnxslim.model import load, save, to_proto

@@ -15,8 +15,9 @@ import onnx
 import pytest
 from conftest import make_model, run_model, tensor_info
 from onnx import TensorProto, helper, numpy_helper
-from onnxslim.passes.fuse_patterns import FuseGelu, FuseLayerNorm, raise_opset
+from onnxslim.passes.fusions import FuseGelu, FuseLayerNorm
 
+from onnxslim import opsets
 from onnxslim.model import load, to_proto
 from onnxslim.pipeline import Pass, PassContext, PassManager
 
@@ -282,7 +283,7 @@ def test_raising_the_opset_keeps_external_weights_on_disk(tmp_path):
     path = tmp_path / "ln.onnx"
     onnx.save(proto, path, save_as_external_data=True, location="ln.bin", size_threshold=1024)
     model = load(path)
-    raise_opset(model, 17)
+    opsets.convert(model, 17)
     weights = [t for t in model.graph.tensors().values() if t.name in ("weight", "bias")]
     assert [type(t._values).__name__ for t in weights] == ["ExternalValues"] * 2
     assert model.opset == 17

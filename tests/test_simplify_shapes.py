@@ -9,8 +9,8 @@ import onnx
 import pytest
 from conftest import make_model, run_model, tensor_info
 from onnx import TensorProto, helper
+from onnxslim.passes.eliminations import SimplifyShapes
 from onnxslim.passes.infer_shapes import InferShapes
-from onnxslim.passes.simplify_shapes import SimplifyShapes
 
 from onnxslim.model import load, to_proto
 from onnxslim.pipeline import PassManager

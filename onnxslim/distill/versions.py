@@ -9,20 +9,15 @@ ops whose signature changed. What cannot be converted is refused with the reason
 from __future__ import annotations
 
 import onnx
-from onnx import version_converter
 
 from onnxslim.distill.errors import UnsupportedVersionError
+from onnxslim.errors import PassError
+from onnxslim.opsets import convert_proto, default_opset
 
 __all__ = ["MAX_IR_VERSION", "MAX_OPSET", "default_opset", "for_training_runtime"]
 
 MAX_IR_VERSION = 10
 MAX_OPSET = 21
-_DEFAULT_DOMAINS = ("", "ai.onnx")
-
-
-def default_opset(proto: onnx.ModelProto) -> int:
-    """The model's opset of the default (``ai.onnx``) domain."""
-    return max((o.version for o in proto.opset_import if o.domain in _DEFAULT_DOMAINS), default=0)
 
 
 def for_training_runtime(proto: onnx.ModelProto, role: str) -> onnx.ModelProto:
@@ -42,11 +37,11 @@ def for_training_runtime(proto: onnx.ModelProto, role: str) -> onnx.ModelProto:
                 f"knows; export it with opset ≤ {MAX_OPSET} for onnxruntime-training"
             )
         try:
-            converted = version_converter.convert_version(converted, MAX_OPSET)
-        except Exception as exc:  # the converter raises bare RuntimeErrors per adapter
+            converted = convert_proto(converted, MAX_OPSET)
+        except PassError as exc:
             raise UnsupportedVersionError(
                 f"the {role} uses opset {opset} and cannot be converted to opset {MAX_OPSET} "
-                f"for onnxruntime-training ({str(exc).strip().splitlines()[0]}); "
+                f"for onnxruntime-training ({str(exc).split(': ', 1)[-1]}); "
                 f"export it with opset ≤ {MAX_OPSET}"
             ) from exc
     if converted.ir_version > MAX_IR_VERSION:

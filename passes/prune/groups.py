@@ -31,7 +31,6 @@ from onnxslim.passes.prune.layout import (
     CountRead,
     GroupAnalysis,
     Layout,
-    const_value,
     element_count,
     tensor_rank,
     tensor_shape,
@@ -39,7 +38,7 @@ from onnxslim.passes.prune.layout import (
 from onnxslim.passes.prune.reshapes import ReshapeRules
 
 from onnxslim.model import iter_graphs
-from onnxslim.rewrite import STANDARD_DOMAINS
+from onnxslim.rewrite import STANDARD_DOMAINS, constant_value
 
 __all__ = ["POINTWISE", "analyze"]
 
@@ -132,11 +131,11 @@ def _dims_read(reader: gs.Node, rank: int | None) -> list[int] | None:
     if rank is None:
         return None
     if reader.op == "Gather" and int(reader.attrs.get("axis", 0)) == 0:
-        index = const_value(reader.inputs[1])
+        index = constant_value(reader.inputs[1])
         return None if index is None else [int(i) % rank for i in np.ravel(index)]
     if reader.op != "Slice":
         return None
-    bounds = [const_value(t) if t.name else None for t in reader.inputs[1:5]]
+    bounds = [constant_value(t) if t.name else None for t in reader.inputs[1:5]]
     if len(bounds) < 2 or any(b is None or np.size(b) != 1 for b in bounds[:2]):
         return None
     if any(b is not None and int(np.ravel(b)[0]) not in (0, -1) for b in bounds[2:3]):
@@ -159,7 +158,7 @@ def _scalar_step(user: gs.Node, count: gs.Tensor, factor: int) -> _Step | None:
         return user.outputs[0], None, factor
     if user.op == "Mul" and len(user.inputs) == 2:
         other = user.inputs[1] if user.inputs[0] is count else user.inputs[0]
-        scale = const_value(other)
+        scale = constant_value(other)
         if scale is not None and scale.size == 1 and scale.dtype.kind in "iu":
             multiple = int(np.ravel(scale)[0])
             return (user.outputs[0], None, factor * multiple) if multiple > 0 else None
@@ -201,7 +200,7 @@ def _expand_mask(equal: gs.Node, shape: gs.Tensor, position: int) -> bool:
     if len(equal.inputs) != 2 or shape not in equal.inputs:
         return False
     other = equal.inputs[1] if equal.inputs[0] is shape else equal.inputs[0]
-    value = const_value(other)
+    value = constant_value(other)
     length = element_count(shape)
     if value is None or length is None or value.size not in (1, length):
         return False
@@ -463,7 +462,7 @@ class _Walk(ReshapeRules):
         only_reader = len(readers) == 1 and readers[0] is reader
         if index is None or not only_reader or index >= len(node.inputs) or not tensor_rank(tensor):
             return False
-        shape = const_value(node.inputs[index])
+        shape = constant_value(node.inputs[index])
         position = axis - (tensor_rank(tensor) - len(shape)) if shape is not None else -1
         if position < 0 or shape[position] != out.length or self.layout(node.inputs[0]):
             return False
@@ -480,7 +479,7 @@ class _Walk(ReshapeRules):
         for index, kind in ((1, "roi"), (2, "scales"), (3, "sizes")):
             if index >= len(node.inputs) or not node.inputs[index].name:
                 continue
-            values = const_value(node.inputs[index])
+            values = constant_value(node.inputs[index])
             if values is None or (kind == "scales" and values.size and values[layout.axis] != 1):
                 return False
             if kind == "sizes" and values.size:
@@ -495,8 +494,8 @@ class _Walk(ReshapeRules):
             return self._pass_through(node, None)
         pads = node.attrs.get("pads")
         if len(node.inputs) > 1:
-            pads = const_value(node.inputs[1])
-            axes = const_value(node.inputs[3]) if len(node.inputs) > 3 else None
+            pads = constant_value(node.inputs[1])
+            axes = constant_value(node.inputs[3]) if len(node.inputs) > 3 else None
             if pads is None or (axes is not None and axes.size):
                 return False
         rank = tensor_rank(node.inputs[0])
@@ -510,7 +509,7 @@ class _Walk(ReshapeRules):
             return self._pass_through(node, None)
         axes = node.attrs.get("axes")
         if len(node.inputs) > 1 and node.inputs[1].name:
-            axes = const_value(node.inputs[1])
+            axes = constant_value(node.inputs[1])
         rank = tensor_rank(node.inputs[0])
         if axes is None or rank is None or not np.size(axes):
             return False

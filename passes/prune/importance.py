@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnxslim.passes.prune.groups import POINTWISE
-from onnxslim.passes.prune.layout import GroupAnalysis, Layout, const_value
+from onnxslim.passes.prune.layout import GroupAnalysis, Layout
 
 from onnxslim.errors import InputDataError
 from onnxslim.inputs import input_specs, load_inputs
 from onnxslim.model import Model, to_proto
+from onnxslim.rewrite import constant_value
 from onnxslim.runtime import open_session
 
 __all__ = ["channel_scores", "calibration_feeds"]
@@ -49,7 +50,7 @@ def _weight_scores(analysis: GroupAnalysis, producer: str, norm: str) -> dict[in
         if edit.producer != producer:
             continue
         values = np.moveaxis(
-            const_value(edit.node.inputs[edit.index]).astype(np.float64), edit.axis, 0
+            constant_value(edit.node.inputs[edit.index]).astype(np.float64), edit.axis, 0
         )
         rows = values.reshape(values.shape[0], -1)
         per_index = np.sqrt((rows**2).sum(axis=1)) if norm == "l2" else np.abs(rows).sum(axis=1)

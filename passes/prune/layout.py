@@ -16,11 +16,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.model import read_constant
-from onnxslim.rewrite import static_dim
+from onnxslim.rewrite import constant_value, static_dim
 
 __all__ = [
     "Segment",
@@ -30,7 +28,6 @@ __all__ = [
     "ChannelGroup",
     "GroupAnalysis",
     "GroupBook",
-    "const_value",
     "tensor_shape",
     "tensor_rank",
     "static_size",
@@ -127,23 +124,6 @@ class GroupAnalysis:
     edits: list[Edit]
     layouts: dict[str, Layout]
     find: Callable[[int], int]  # group id -> the id of the group it merged into
-
-
-def const_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """The values of an initializer or of a Constant node's output, also behind Identity nodes
-    (the TorchScript exporter shares identical parameters that way); None for anything else."""
-    while isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1:
-        if tensor.inputs[0].op != "Identity":
-            break
-        tensor = tensor.inputs[0].inputs[0]
-    if isinstance(tensor, gs.Constant):
-        return read_constant(tensor)
-    if isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1:
-        node = tensor.inputs[0]
-        value = node.attrs.get("value") if node.op == "Constant" else None
-        if isinstance(value, gs.Constant):
-            return read_constant(value)
-    return None
 
 
 def tensor_shape(tensor: gs.Tensor) -> list | None:
@@ -280,7 +260,7 @@ class GroupBook:
             if shape is None or shape[edit.axis] != edit.layout.length:
                 self.block(edit.layout, f"{node.op} '{node.name}' does not span the channels")
                 return
-            if const_value(tensor) is None:
+            if constant_value(tensor) is None:
                 reason = f"{node.op} '{node.name}' computes its input '{tensor.name}'"
                 self.block(edit.layout, reason)
                 return

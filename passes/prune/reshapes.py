@@ -17,14 +17,13 @@ from onnxslim.passes.prune.layout import (
     GroupBook,
     Layout,
     Segment,
-    const_value,
     element_count,
     static_size,
     tensor_rank,
     tensor_shape,
 )
 
-from onnxslim.rewrite import static_dim
+from onnxslim.rewrite import constant_value, static_dim
 
 __all__ = ["ReshapeRules"]
 
@@ -36,7 +35,7 @@ def _shape_entries(node: gs.Node) -> list[tuple[int | None, _Place | None]] | No
     """A Reshape's target or an Expand's shape, entry by entry: the value where it is known and
     where it can be rewritten. The shape is constant, or concatenated from pieces of which only
     the constant ones are known (exporters compute batch and sequence entries from Shape)."""
-    values = const_value(node.inputs[1])
+    values = constant_value(node.inputs[1])
     if values is not None:
         return [(int(v), (node, 1, i)) for i, v in enumerate(np.ravel(values))]
     target = node.inputs[1]
@@ -45,7 +44,7 @@ def _shape_entries(node: gs.Node) -> list[tuple[int | None, _Place | None]] | No
         return None
     entries: list[tuple[int | None, _Place | None]] = []
     for index, piece in enumerate(concat.inputs):
-        values, shape = const_value(piece), tensor_shape(piece)
+        values, shape = constant_value(piece), tensor_shape(piece)
         if values is not None:
             entries.extend((int(v), (concat, index, i)) for i, v in enumerate(np.ravel(values)))
         elif shape is not None and len(shape) == 1 and isinstance(shape[0], int):
@@ -187,7 +186,7 @@ class ReshapeRules(GroupBook):
             return self._pass_through(node, None)
         axes = node.attrs.get("axes")
         if len(node.inputs) > 1:
-            axes = const_value(node.inputs[1])
+            axes = constant_value(node.inputs[1])
         rank, out_rank = tensor_rank(node.inputs[0]), tensor_rank(node.outputs[0])
         if axes is None or rank is None or out_rank is None:
             return False
@@ -288,7 +287,7 @@ class ReshapeRules(GroupBook):
             return self._pass_through(node, layout)
         sizes = node.attrs.get("split")
         if len(node.inputs) > 1 and node.inputs[1].name:
-            sizes = const_value(node.inputs[1])
+            sizes = constant_value(node.inputs[1])
         if sizes is None:
             # Equal parts: written out after pruning, so only where no block of features
             # (whose size may come from a stand-in dimension) is involved.
@@ -310,7 +309,7 @@ class ReshapeRules(GroupBook):
         layout = self._only_first(node)
         if layout is None:
             return self._pass_through(node, None)
-        values = [const_value(t) if t.name else None for t in node.inputs[1:5]]
+        values = [constant_value(t) if t.name else None for t in node.inputs[1:5]]
         rank = tensor_rank(node.inputs[0])
         if rank is None or len(values) < 2:
             return False

@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnxslim.passes.prune.layout import Edit, GroupAnalysis, Layout, const_value
+from onnxslim.passes.prune.layout import Edit, GroupAnalysis, Layout
 
-from onnxslim.rewrite import fresh_name
+from onnxslim.rewrite import Scope, constant_value
 
 __all__ = ["SurgeryError", "kept_indices", "remove_channels"]
 
@@ -43,8 +43,7 @@ class _Surgeon:
         self.graph = graph
         self.analysis = analysis
         self.keep = keep
-        self.taken = set(graph.tensors())
-        self.interface = {id(t) for t in graph.inputs + graph.outputs}
+        self.scope = Scope(graph)
 
     def kept(self, layout: Layout) -> np.ndarray:
         return kept_indices(layout, self.keep, self.analysis.find)
@@ -55,12 +54,11 @@ class _Surgeon:
     def set_constant(self, node: gs.Node, index: int, values: np.ndarray) -> None:
         """Give ``node`` new values at input ``index``, copying a constant shared with others."""
         tensor = node.inputs[index]
-        shared = len(tensor.outputs) != 1 or id(tensor) in self.interface
+        shared = len(tensor.outputs) != 1 or self.scope.is_protected(tensor)
         if isinstance(tensor, gs.Constant) and not shared:
             tensor.values = values
             return
-        copy = gs.Constant(fresh_name(f"{tensor.name or node.name}_pruned", self.taken), values)
-        node.inputs[index] = copy
+        node.inputs[index] = self.scope.new_constant(f"{tensor.name or node.name}_pruned", values)
 
     def apply(self, edit: Edit) -> None:
         layouts = (edit.layout,) if edit.layout is not None else edit.layouts
@@ -69,7 +67,7 @@ class _Surgeon:
         getattr(self, f"_{edit.kind}")(edit)
 
     def _slice(self, edit: Edit) -> None:
-        values = const_value(edit.node.inputs[edit.index])
+        values = constant_value(edit.node.inputs[edit.index])
         if values.shape[edit.axis] != edit.layout.length:
             raise SurgeryError(
                 f"{edit.node.op} '{edit.node.name}' input {edit.index} has "
@@ -80,7 +78,7 @@ class _Surgeon:
 
     def _entry(self, edit: Edit) -> None:
         node = edit.node if edit.reader is None else self.own_shape(edit.reader)
-        values = np.array(const_value(node.inputs[edit.index]))
+        values = np.array(constant_value(node.inputs[edit.index]))
         if values[edit.axis] in (0, -1):
             return
         values[edit.axis] = len(self.kept(edit.layout))
@@ -94,11 +92,11 @@ class _Surgeon:
         if len(shape.outputs) == 1:
             return concat
         output = gs.Variable(
-            fresh_name(f"{shape.name}_pruned", self.taken), shape.dtype, shape.shape
+            self.scope.fresh_name(f"{shape.name}_pruned"), shape.dtype, shape.shape
         )
         copy = gs.Node(
             "Concat",
-            fresh_name(f"{concat.name}_pruned", self.taken),
+            self.scope.fresh_node_name(f"{concat.name}_pruned"),
             dict(concat.attrs),
             list(concat.inputs),
             [output],
@@ -117,7 +115,7 @@ class _Surgeon:
             node.attrs["split"] = sizes.tolist()
             return
         node.attrs.pop("num_outputs", None)
-        constant = gs.Constant(fresh_name(f"{node.name}_split", self.taken), sizes)
+        constant = gs.Constant(self.scope.fresh_name(f"{node.name}_split"), sizes)
         if len(node.inputs) > 1:
             node.inputs[1] = constant
         else:
@@ -127,7 +125,7 @@ class _Surgeon:
         before, taken = edit.layouts
         start = len(self.kept(before))
         for index, value in ((1, start), (2, start + len(self.kept(taken)))):
-            values = np.array(const_value(edit.node.inputs[index]))
+            values = np.array(constant_value(edit.node.inputs[index]))
             values[edit.axis] = value
             self.set_constant(edit.node, index, values)
 
@@ -149,6 +147,6 @@ def remove_channels(
         tensor = tensors.get(name)
         if isinstance(tensor, gs.Variable) and surgeon.touches(layout):
             changed += 1
-            if id(tensor) not in surgeon.interface:
+            if not surgeon.scope.is_protected(tensor):
                 tensor.shape = None
     return changed

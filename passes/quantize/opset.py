@@ -11,6 +11,7 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxslim import opsets
 from onnxslim.model import Model, iter_graphs
 from onnxslim.rewrite import STANDARD_DOMAINS
 
@@ -83,10 +84,6 @@ def raise_to_opset21(graph: gs.Graph, model: Model) -> str | None:
 
 
 def set_opset(graph: gs.Graph, model: Model, opset: int, ir_version: int) -> None:
-    """Set the default-domain opset (gs exports ``import_domains`` when it has them) and the
-    model's IR version."""
-    graph.opset = opset
-    for entry in graph.import_domains or []:
-        if entry.domain in ("", "ai.onnx"):
-            entry.version = opset
+    """Set the default-domain opset and the model's IR version."""
+    opsets.set_default_opset(graph, opset)
     model.shell.ir_version = ir_version

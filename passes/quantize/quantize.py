@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnxslim.passes.fuse_linear import FuseBatchNorm
+from onnxslim.passes.fusions import FuseBatchNorm
 from onnxslim.passes.infer_shapes import InferShapes
 from onnxslim.passes.quantize.graph import (
     DEFAULT_OPS,

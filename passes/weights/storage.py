@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
 from onnxslim.model import read_constant
-from onnxslim.rewrite import STANDARD_DOMAINS, fresh_name, replace_input
+from onnxslim.rewrite import STANDARD_DOMAINS, Scope, fresh_name, replace_input
 
 __all__ = ["Weight", "find_weights", "pack_bits", "RebuildGraph", "FLOAT_TYPES"]
 
@@ -43,7 +43,7 @@ class Weight:
 
 def find_weights(graph: gs.Graph, min_size: int) -> list[Weight]:
     """The weights of the main graph, each once, in node order."""
-    interface = {id(t) for t in graph.inputs + graph.outputs}
+    scope = Scope(graph)
     found: dict[int, Weight] = {}
     for node in graph.nodes:
         if node.domain not in STANDARD_DOMAINS:
@@ -54,7 +54,7 @@ def find_weights(graph: gs.Graph, min_size: int) -> list[Weight]:
             tensor = node.inputs[index]
             if (
                 isinstance(tensor, gs.Constant)
-                and id(tensor) not in interface
+                and not scope.is_protected(tensor)
                 and id(tensor) not in found
                 and tensor.dtype in FLOAT_TYPES
                 and tensor.shape is not None
