@@ -320,6 +320,7 @@ class Quantize(Pass):
             summary += f"; {len(kept)} kept float by the accuracy guard"
         if cosine is not None:
             summary += f"; output cosine vs float {cosine:.6f} on {evaluated} sample(s)"
+            ctx.metric("output_cosine", cosine)
         ctx.log(summary)
 
 
