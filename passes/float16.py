@@ -195,12 +195,19 @@ class Float16(Pass):
     lossless = False
 
     dtype: Literal["float16", "bfloat16"] = "float16"
+    """The half-precision type."""
     keep_io_types: bool = True
+    """Keep graph inputs and outputs float32."""
     block: list[str] = field(default_factory=lambda: list(DEFAULT_BLOCK_LIST))
+    """Op types kept float32."""
     guard: bool = True
+    """Keep float32 the nodes that would overflow float16 on sample data."""
     overflow_limit: float = FLOAT16_MAX / 2
+    """The overflow guard's limit on absolute values."""
     calib: Path | None = None
+    """Sample inputs (.npz) for the overflow guard; else synthesized."""
     samples: int = 2
+    """Samples the overflow guard runs."""
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         if self.samples < 1 or self.overflow_limit <= 0:
