@@ -185,27 +185,35 @@ def _passes_table(records: Sequence[PassRecord]) -> Table:
 
 def render_stages(stages: list[StageMeasurement], console: Console) -> None:
     """The recipe's checkpoints, one row each; size, FLOPs and latency also as a ratio of the
-    first row's."""
+    first row's. Columns are named by their unit, so that the rows fit 80 columns."""
     batches = {stage.latency_batch for stage in stages}
-    latency = f"latency, batch {batches.pop()}" if len(batches) == 1 else "latency"
-    table = Table(title="stages", title_justify="left")
-    for column in ("stage", "file", "params", "FLOPs", latency, "quality"):
-        table.add_column(column, justify="left" if column == "stage" else "right")
+    title = f"stages (latency at batch {batches.pop()})" if len(batches) == 1 else "stages"
+    accuracy = all(stage.accuracy is not None for stage in stages)
+    cosine = all(stage.accuracy is None and stage.cosine is not None for stage in stages)
+    quality = "top-1" if accuracy else ("cosine" if cosine else "quality")
+    table = Table(title=title, title_justify="left", pad_edge=False)
+    table.add_column("stage", overflow="fold")
+    for column in ("file", "params", "FLOPs", "latency ms", quality):
+        table.add_column(column, justify="right", no_wrap=True)
     first = stages[0]
     for stage in stages:
-        if stage.accuracy is not None:
-            quality = f"top-1 {stage.accuracy * 100:.2f}%"
-        else:
-            quality = "-" if stage.cosine is None else f"cosine {stage.cosine:.5f}"
         table.add_row(
             escape(stage.label),
             human_bytes(stage.file_bytes) + _ratio(stage.file_bytes, first.file_bytes),
             _human_count(stage.parameters),
             _human_count(stage.flops) + _ratio(stage.flops, first.flops),
-            f"{stage.latency_ms:.3g} ms" + _ratio(stage.latency_ms, first.latency_ms),
-            quality,
+            f"{stage.latency_ms:.3g}" + _ratio(stage.latency_ms, first.latency_ms),
+            _stage_quality(stage, prefixed=not (accuracy or cosine)),
         )
     console.print(table)
+
+
+def _stage_quality(stage: StageMeasurement, prefixed: bool) -> str:
+    if stage.accuracy is not None:
+        return ("top-1 " if prefixed else "") + f"{stage.accuracy * 100:.2f}%"
+    if stage.cosine is not None:
+        return ("cosine " if prefixed else "") + f"{stage.cosine:.5f}"
+    return "-"
 
 
 def _ratio(value: float, base: float) -> str:
@@ -326,9 +334,16 @@ def render_description(info: ModelDescription, console: Console) -> None:
     for op, count in info.op_histogram.items():
         ops.add_row(escape(op), str(count))
     console.print(ops)
+    symbolic = sorted({d for v in info.inputs for d in v.shape or () if isinstance(d, str)})
     for note in info.notes:
-        hint = " (set them with --input-shape NAME:D1,D2,...)" if "symbolic" in note else ""
-        console.print(f"[yellow]note:[/] {escape(note)}{escape(hint)}")
+        if "symbolic" in note and symbolic:
+            example = next(v for v in info.inputs if any(isinstance(d, str) for d in v.shape))
+            note = (
+                f"FLOPs count the symbolic dims {', '.join(symbolic)} as 1; "
+                f"set them with --input-shape {example.name}:"
+                + ",".join("N" if not isinstance(d, int) else str(d) for d in example.shape)
+            )
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
 def render_passes(passes: dict[str, type[Pass]], console: Console) -> None:
