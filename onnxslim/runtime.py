@@ -52,8 +52,8 @@ _DISPLAY_NAMES = {"cpu": "CPU", "cuda": "CUDA", "tensorrt": "TensorRT"}
 
 
 def install_advice(extra: str) -> str:
-    """How to install this project's ``extra`` (the name ``onnxslim`` on PyPI is another
-    project, so ``pip install 'onnxslim[gpu]'`` would not install this one)."""
+    """How to install this project's ``extra``: from its checkout, since the name
+    ``onnxslim`` on PyPI belongs to another project, without these extras."""
     return f"pip install -e '.[{extra}]' in your onnxslim checkout"
 
 

@@ -23,8 +23,8 @@ from onnxslim.cli.shell import (
     SamplesOption,
     SeedOption,
     Tf32Option,
+    UsageError,
     app,
-    click,
     emit,
     guarded,
     one_line_warnings,
@@ -120,7 +120,7 @@ def optimize(
     report's first line then says there was nothing to optimize.
     """
     if recipe is not None and passes is not None:
-        raise click.UsageError("--recipe and --passes cannot be combined: a recipe is a pipeline")
+        raise UsageError("--recipe and --passes cannot be combined: a recipe is a pipeline")
     target = output_path(output_argument, output, model.with_name(f"{model.stem}.slim.onnx"))
 
     def action() -> int:

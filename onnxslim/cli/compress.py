@@ -35,7 +35,6 @@ from onnxslim.cli.shell import (
     OutputOption,
     QuietOption,
     app,
-    click,
     guarded,
     output_path,
     run_optimize,
@@ -225,8 +224,9 @@ def in_cli_terms(message: str, command: PassCommand) -> str:
     return re.sub(rf"(?<![\w-]){pass_name}\b", command.name, message)
 
 
-def register_pass_command(command: PassCommand) -> None:
-    """Add ``command`` to the app, its options derived from its pass."""
+def register_pass_command(command: PassCommand, target: typer.Typer = app) -> None:
+    """Add ``command`` to the ``onnxslim`` app (or ``target``), its options derived from its
+    pass."""
     options = _options(command)
     parameters = [
         _parameter("model", ModelArgument),
@@ -248,8 +248,7 @@ def register_pass_command(command: PassCommand) -> None:
         given = {
             o.name
             for o in options
-            if ctx.get_parameter_source(f"option_{o.name}")
-            == click.core.ParameterSource.COMMANDLINE
+            if ctx.get_parameter_source(f"option_{o.name}").name == "COMMANDLINE"
         }
         defaults = dict(command.defaults)
         if given & set(command.exclusive):
@@ -269,7 +268,7 @@ def register_pass_command(command: PassCommand) -> None:
         epilog = f"Calibration data (--calib): {DATA_LAYOUT}"
     description = in_cli_terms(plain_text(builtin_pass(command.pass_name).description()), command)
     help_text = f"{command.help}\n\nThe {command.pass_name} pass: {description}"
-    app.command(command.name, help=help_text, epilog=epilog)(run)
+    target.command(command.name, help=help_text, epilog=epilog)(run)
 
 
 def _cli_default(command: PassCommand, option: OptionSpec) -> Any:

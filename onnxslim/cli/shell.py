@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer import _click as click  # typer >= 0.29 vendors click: its exceptions and Context
+from typer._click.exceptions import ClickException, UsageError  # typer >= 0.29 vendors click
 from typer.core import TyperGroup
 
 from onnxslim import __version__, progress
@@ -40,6 +40,7 @@ __all__ = [
     "OutputArgument",
     "OutputOption",
     "DEFAULT_COMMAND",
+    "UsageError",
 ]
 
 EXIT_MISMATCH = EXIT_QUALITY
@@ -51,12 +52,12 @@ class _Group(TyperGroup):
     """The ``onnxslim`` group: ``onnxslim MODEL [OUTPUT]`` runs ``optimize`` (what OnnxSlim and
     onnxsim users type), and a usage error is one line, like every other error."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and _names_a_model(args[0]):
             args = [DEFAULT_COMMAND, *args]
         return super().parse_args(ctx, args)
 
-    def format_commands(self, ctx: click.Context, formatter) -> None:
+    def format_commands(self, ctx: typer.Context, formatter) -> None:
         """Each command with its whole first sentence, wrapped rather than cut off."""
         rows = [
             (name, command.get_short_help_str(limit=1000))
@@ -76,7 +77,7 @@ class _Group(TyperGroup):
                 standalone_mode=False,
                 **extra,
             )
-        except click.exceptions.ClickException as exc:
+        except ClickException as exc:
             if not standalone_mode:
                 raise
             if type(exc).__name__ != "NoArgsIsHelpError":  # the help is already printed
@@ -96,7 +97,7 @@ def _names_a_model(argument: str) -> bool:
     return argument.endswith(".onnx") or Path(argument).is_file()
 
 
-def _print_usage_error(exc: click.exceptions.ClickException) -> None:
+def _print_usage_error(exc: ClickException) -> None:
     ctx = getattr(exc, "ctx", None)
     message = " ".join(exc.format_message().split())
     hint = f" (see: {ctx.command_path} -h)" if ctx is not None else ""
@@ -283,7 +284,7 @@ def split_commas(values: Iterable[str]) -> list[str]:
 def output_path(positional: Path | None, option: Path | None, default: Path | None) -> Path | None:
     """The output, given as ``OUTPUT`` or ``-o OUTPUT`` (not both), else ``default``."""
     if positional is not None and option is not None and positional != option:
-        raise click.UsageError(f"the output is given twice ({positional} and -o {option})")
+        raise UsageError(f"the output is given twice ({positional} and -o {option})")
     return positional or option or default
 
 
