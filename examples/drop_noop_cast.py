@@ -21,6 +21,7 @@ class DropNoopCast(Pass):
     """Remove Cast nodes whose input already has the target type."""
 
     keep_graph_outputs: bool = True  # options are typed fields with defaults
+    """Keep a Cast whose output is a graph output (its name is the model's interface)."""
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         changed = False
