@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from onnxslim.cli.shell import (
-    EXIT_MISMATCH,
     AtolOption,
     DebugOption,
     FixShapeOption,
@@ -35,6 +34,7 @@ from onnxslim.cli.shell import (
     split_commas,
     validation_options,
 )
+from onnxslim.errors import EXIT_QUALITY
 
 
 @app.command()
@@ -189,7 +189,7 @@ def validate_command(
         with one_line_warnings(quiet):
             report = validate(reference, candidate, **asdict(options))
         emit(report, as_json, quiet, render_validation)
-        return 0 if report.passed else EXIT_MISMATCH
+        return 0 if report.passed else EXIT_QUALITY
 
     guarded(debug, action)
 

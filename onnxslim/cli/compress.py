@@ -224,8 +224,8 @@ def in_cli_terms(message: str, command: PassCommand) -> str:
     return re.sub(rf"(?<![\w-]){pass_name}\b", command.name, message)
 
 
-def register_pass_command(command: PassCommand, target: typer.Typer = app) -> None:
-    """Add ``command`` to the ``onnxslim`` app (or ``target``), its options derived from its
+def register_pass_command(command: PassCommand, into: typer.Typer = app) -> None:
+    """Add ``command`` to the ``onnxslim`` app (or to ``into``), its options derived from its
     pass."""
     options = _options(command)
     parameters = [
@@ -268,7 +268,7 @@ def register_pass_command(command: PassCommand, target: typer.Typer = app) -> No
         epilog = f"Calibration data (--calib): {DATA_LAYOUT}"
     description = in_cli_terms(plain_text(builtin_pass(command.pass_name).description()), command)
     help_text = f"{command.help}\n\nThe {command.pass_name} pass: {description}"
-    target.command(command.name, help=help_text, epilog=epilog)(run)
+    into.command(command.name, help=help_text, epilog=epilog)(run)
 
 
 def _cli_default(command: PassCommand, option: OptionSpec) -> Any:

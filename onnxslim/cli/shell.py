@@ -22,7 +22,7 @@ from typer._click.exceptions import ClickException, UsageError  # typer >= 0.29 
 from typer.core import TyperGroup
 
 from onnxslim import __version__, progress
-from onnxslim.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_QUALITY, OnnxSlimError
+from onnxslim.errors import EXIT_INTERNAL, EXIT_QUALITY, OnnxSlimError
 
 __all__ = [
     "app",
@@ -43,8 +43,6 @@ __all__ = [
     "UsageError",
 ]
 
-EXIT_MISMATCH = EXIT_QUALITY
-EXIT_ERROR = EXIT_BAD_INPUT
 DEFAULT_COMMAND = "optimize"
 
 
@@ -356,4 +354,4 @@ def run_optimize(
         )
     render = functools.partial(render_optimize, title=title, shown=tuple(shown), wording=wording)
     emit(report, as_json, quiet, render)
-    return 0 if report.written else EXIT_MISMATCH
+    return 0 if report.written else EXIT_QUALITY
