@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from cli_invocation import assert_one_error_line, assert_reads_cleanly, both_ways_fixture
+from cli_invocation import FIXTURES, assert_one_error_line, assert_reads_cleanly, both_ways_fixture
 from typer.testing import CliRunner
 
 import onnxslim as package
+from onnxslim import Pass, register_pass
 
 onnxslim = both_ways_fixture()
 
@@ -288,3 +290,63 @@ def test_passes_long_details_every_pass(onnxslim):
     assert run.exit_code == 0, run.output
     assert_reads_cleanly(run)
     assert "max_growth_bytes: int = 0" in run.stdout and "ratio: float = 0.5" in run.stdout
+
+
+# ---------------------------------------------------- options derived from their passes
+
+
+@register_pass("test-cli-scale-weights")
+@dataclass
+class ScaleWeights(Pass):
+    """Scale float weights: a pass whose options its command must offer without an edit."""
+
+    lossless = False
+
+    factor: float = 1.0
+    """How much to multiply the weights by."""
+    names: list[str] = field(default_factory=list)
+    """Only these weights (default: all)."""
+
+    def run(self, graph, ctx) -> bool:
+        for tensor in graph.tensors().values():
+            if hasattr(tensor, "values") and (not self.names or tensor.name in self.names):
+                tensor.values = tensor.values * np.float32(self.factor)
+        return self.factor != 1.0
+
+
+def test_every_option_of_a_pass_is_a_flag_of_its_command():
+    from typer.main import get_command
+
+    from onnxslim.cli import app
+    from onnxslim.cli.compress import COMMANDS, cli_flags
+    from onnxslim.registry import get_pass
+
+    group = get_command(app)
+    for command in COMMANDS:
+        params = group.commands[command.name].params
+        flags = {flag for param in params for flag in (*param.opts, *param.secondary_opts)}
+        for option in get_pass(command.pass_name).options():
+            for flag in cli_flags(command, option)[0].split("/"):
+                assert flag in flags, (command.name, option.name)
+
+
+def test_an_option_added_to_a_pass_appears_on_its_command_with_its_help(tmp_path, monkeypatch):
+    import typer
+
+    from onnxslim.cli.compress import PassCommand, register_pass_command
+
+    cli = typer.Typer(callback=lambda: None, rich_markup_mode=None)
+    register_pass_command(
+        PassCommand("scale", "test-cli-scale-weights", "Scale MODEL's weights.", "scaled"), cli
+    )
+    runner = CliRunner(env={"COLUMNS": "80"})
+    shown = _words(runner.invoke(cli, ["scale", "--help"]).stdout)
+    assert "--factor <float> How much to multiply the weights by. [default: 1.0]" in shown
+    assert "--names TEXT Only these weights (default: all). (repeatable, or comma" in shown
+
+    monkeypatch.chdir(tmp_path)
+    Path("m.onnx").write_bytes((FIXTURES / "tiny_cnn.onnx").read_bytes())
+    run = runner.invoke(cli, ["scale", "m.onnx", "--factor", "2", "--names", "a,b", "--json"])
+    assert run.exit_code in (0, 4), run.output  # 4: neither weight 'a' nor 'b' exists
+    label = json.loads(run.stdout)["pipeline"] if run.exit_code == 0 else run.stderr
+    assert "factor=2.0" in label and "names=['a', 'b']" in label
