@@ -245,3 +245,4 @@ def test_the_spinner_and_the_calibration_bar_share_a_terminal(tmp_path: Path):
     text = shown.decode(errors="replace")
     assert "Traceback" not in text and "LiveError" not in text
     assert "calibrating" in text  # the bar was drawn, so the spinner was live around it
+    assert re.search(r"\b\d+/128\b", text)  # it counts samples: 128 of the file's 200 rows
