@@ -268,9 +268,10 @@ def test_passes_lists_one_line_per_pass_at_80_columns(onnxslim):
 
     assert run.exit_code == 0, run.output
     assert_reads_cleanly(run)
-    starts = [line.split()[0] for line in run.stdout.splitlines()[1:] if line.startswith(" ")]
-    assert set(registered_passes()) <= set(starts)
-    assert len(run.stdout.splitlines()) < 2 * len(registered_passes())
+    starts = {line.split()[0] for line in run.stdout.splitlines()[1:] if line.startswith(" ")}
+    built_in = {n for n, c in registered_passes().items() if c.__module__.startswith("onnxslim.")}
+    assert built_in <= starts  # tests register passes of their own in this process
+    assert len(run.stdout.splitlines()) < 2 * len(starts)
 
 
 def test_passes_name_shows_each_option_with_its_help(onnxslim):
