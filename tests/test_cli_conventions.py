@@ -65,6 +65,13 @@ def test_dash_h_prints_help(onnxslim, command):
     assert_reads_cleanly(run)
 
 
+def test_onnxslim_alone_prints_the_help(onnxslim):
+    run = onnxslim()
+
+    assert run.exit_code == 2  # a usage error, as click (and argparse) have it
+    assert "Usage: onnxslim [OPTIONS] COMMAND" in run.output and "optimize" in run.output
+
+
 def test_version(onnxslim):
     run = onnxslim("--version")
 

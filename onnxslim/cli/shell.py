@@ -78,7 +78,9 @@ class _Group(TyperGroup):
         except ClickException as exc:
             if not standalone_mode:
                 raise
-            if type(exc).__name__ != "NoArgsIsHelpError":  # the help is already printed
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `onnxslim` alone: the help
+                exc.show()
+            else:
                 _print_usage_error(exc)
             sys.exit(exc.exit_code)
         except typer.Abort:
