@@ -11,20 +11,24 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx_graphsurgeon as gs
 
 from onnxslim.checking import check_input_model
+from onnxslim.errors import NothingChangedError, PipelineSpecError
+from onnxslim.inputs import InputSpec, resolve_shapes
 from onnxslim.model import (
     Model,
     ModelSource,
     all_constants,
     constant_nbytes,
     file_bytes,
+    iter_graphs,
     load,
     save,
     write_staged,
@@ -40,7 +44,14 @@ from onnxslim.registry import (
 )
 from onnxslim.staging import StagedWrite
 
-__all__ = ["optimize", "OptimizeResult", "OptimizeReport", "ModelSummary", "ValidationOptions"]
+__all__ = [
+    "optimize",
+    "set_input_shapes",
+    "OptimizeResult",
+    "OptimizeReport",
+    "ModelSummary",
+    "ValidationOptions",
+]
 
 
 @dataclass
@@ -51,6 +62,8 @@ class ModelSummary:
     initializers: int
     initializer_bytes: int
     file_bytes: int | None = None
+    opset: int | None = None
+    ir_version: int | None = None
 
     @classmethod
     def of(cls, model: Model, files: Sequence[Path] = ()) -> ModelSummary:
@@ -60,6 +73,8 @@ class ModelSummary:
             initializers=len(constants),
             initializer_bytes=sum(constant_nbytes(t) for t in constants),
             file_bytes=file_bytes(files),
+            opset=model.opset,
+            ir_version=model.ir_version,
         )
 
 
@@ -80,7 +95,11 @@ class ValidationOptions:
 
 @dataclass
 class OptimizeReport:
-    """What ``optimize`` did: sizes before and after, a record per pass, timings, validation."""
+    """What ``optimize`` did: sizes before and after, a record per pass, timings, validation.
+
+    ``changed`` is False when no pass changed the model; ``metrics`` gathers the figures that
+    passes published (``ctx.metric``), by pass name.
+    """
 
     pipeline: str
     before: ModelSummary
@@ -99,9 +118,24 @@ class OptimizeReport:
     def total_seconds(self) -> float:
         return self.load_seconds + self.optimize_seconds + self.save_seconds
 
+    @property
+    def changed(self) -> bool:
+        return any(record.changed for record in self.passes)
+
+    @property
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """``{pass name: {metric: value}}``; a pass that ran more than once keeps its last."""
+        metrics: dict[str, dict[str, float]] = {}
+        for record in self.passes:
+            if record.metrics:
+                metrics.setdefault(_base_name(record.name), {}).update(record.metrics)
+        return metrics
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["total_seconds"] = self.total_seconds
+        data["changed"] = self.changed
+        data["metrics"] = self.metrics
         data["validation"] = self.validation.to_dict() if self.validation else None
         return data
 
@@ -121,6 +155,11 @@ class OptimizeResult:
         return self.model.to_proto()
 
 
+def _base_name(label: str) -> str:
+    """``quantize`` of a record named ``quantize(calib=...)``."""
+    return label.split("(", 1)[0]
+
+
 def resolve_steps(
     passes: str | Sequence[Step] | None = None,
     *,
@@ -132,6 +171,10 @@ def resolve_steps(
     for plugin in plugins:
         load_plugin(plugin)
     if recipe is not None:
+        if passes is not None:
+            raise PipelineSpecError(
+                "give a recipe or passes, not both: a recipe is a whole pipeline"
+            )
         return without_passes(load_recipe(recipe), skip)
     if passes is None or isinstance(passes, str):
         return parse_pipeline(passes or DEFAULT_PIPELINE, skip=skip)
@@ -151,6 +194,8 @@ def optimize(
     validate: bool | ValidationOptions = False,
     check_input: bool = True,
     target_opset: int | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    require_change: str | None = None,
     on_record=None,
 ) -> OptimizeResult:
     """Load ``model``, run the pipeline, optionally save and validate.
@@ -161,11 +206,18 @@ def optimize(
 
     With ``output`` the result is written atomically; with ``validate`` as well, it is written
     only if its outputs match the original's under onnxruntime (``report.written`` tells).
+    Validation runs on ``validate.inputs``, else on the data a pass was given (``calib=``),
+    else on synthesized inputs.
     ``target_opset`` lets passes that need a newer opset (e.g. fusing LayerNormalization)
-    raise the model's opset when they have something to gain.
+    raise the model's opset when they have something to gain. ``input_shapes`` writes static
+    shapes into the inputs first (see :func:`set_input_shapes`). With ``require_change`` (a
+    pass name), a run in which that pass changed nothing raises NothingChangedError with the
+    pass's notes, and nothing is written.
     """
     steps = resolve_steps(passes, recipe=recipe, skip=skip, plugins=plugins)
     options = ValidationOptions() if validate is True else (validate or None)
+    if options is not None:
+        options = _with_user_data(options, steps, input_shapes)
     output_path = Path(output) if output is not None else None
 
     start = time.perf_counter()
@@ -177,6 +229,8 @@ def optimize(
         _refuse_overwriting_sources(loaded, [output_path])
     load_seconds = time.perf_counter() - start
     before = ModelSummary.of(loaded, loaded.source_files())
+    if input_shapes:
+        set_input_shapes(loaded, input_shapes)
 
     with tempfile.TemporaryDirectory(prefix="onnxslim-") as scratch:
         original = _OriginalFile(model, Path(scratch))
@@ -199,6 +253,8 @@ def optimize(
             output=str(output_path) if output_path else None,
             stages=list(ctx.stages),
         )
+        if require_change is not None:
+            _require_change(report, require_change)
         start = time.perf_counter()
         if output_path is not None:
             _write(loaded, output_path, external_data, reference, options, report)
@@ -207,6 +263,70 @@ def optimize(
             report.validation = _validate(reference, candidate, options)
         report.save_seconds = time.perf_counter() - start
     return OptimizeResult(model=loaded, report=report)
+
+
+def set_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Write static shapes into ``model``'s inputs, as onnxsim's ``--overwrite-input-shape``
+    does: the sizes replace the inputs' dims, and every symbolic dim they name takes its size
+    throughout the graph (other inputs, outputs, intermediate shapes), so shape inference and
+    the passes after it see static shapes.
+
+    A shape must keep the input's rank and static dims (InputDataError says which disagree).
+    """
+    inputs = [t for t in model.graph.inputs if not isinstance(t, gs.Constant)]
+    specs = [
+        InputSpec(t.name, 0, None if t.shape is None else tuple(_dim(d) for d in t.shape))
+        for t in inputs
+    ]
+    resolve_shapes(specs, {name: list(dims) for name, dims in shapes.items()})  # checks them
+    sizes: dict[str, int] = {}
+    for spec in specs:
+        for dim, size in zip(spec.shape or (), shapes.get(spec.name, ()), strict=False):
+            if isinstance(dim, str):
+                sizes.setdefault(dim, int(size))
+    for tensor in inputs:
+        if tensor.name in shapes:
+            tensor.shape = [int(d) for d in shapes[tensor.name]]
+    for graph in iter_graphs(model.graph):
+        for tensor in graph.tensors().values():
+            if isinstance(tensor, gs.Variable) and tensor.shape is not None:
+                tensor.shape = [sizes.get(d, d) if isinstance(d, str) else d for d in tensor.shape]
+
+
+def _dim(dim: Any) -> int | str | None:
+    """A dim as InputSpec holds it (graphsurgeon writes unknown dims as None or -1)."""
+    if isinstance(dim, str):
+        return dim or None
+    return None if dim is None or int(dim) < 0 else int(dim)
+
+
+def _with_user_data(
+    options: ValidationOptions,
+    steps: Sequence[Step],
+    input_shapes: Mapping[str, Sequence[int]] | None,
+) -> ValidationOptions:
+    """``options`` to validate on the data the user gave: ``inputs``, else a pass's
+    calibration data; synthesized inputs take the shapes written into the model."""
+    if options.inputs is None:
+        calib = next(
+            (p.calib for p in flatten_steps(steps) if getattr(p, "calib", None) is not None),
+            None,
+        )
+        if calib is not None:
+            return replace(options, inputs=calib, input_shapes=None)
+    if options.inputs is None and input_shapes and not options.input_shapes:
+        return replace(options, input_shapes={k: list(v) for k, v in input_shapes.items()})
+    return options
+
+
+def _require_change(report: OptimizeReport, name: str) -> None:
+    records = [r for r in report.passes if _base_name(r.name) == name]
+    if any(record.changed for record in records):
+        return
+    notes = [note for record in records for note in record.notes]
+    reason = "; ".join(notes) if notes else "it found nothing to change"
+    label = records[-1].name if records else name
+    raise NothingChangedError(f"{label} changed nothing, so nothing was written: {reason}")
 
 
 class _OriginalFile:

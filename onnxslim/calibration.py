@@ -18,7 +18,6 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -26,11 +25,11 @@ import onnx
 
 from onnxslim.errors import InputDataError
 from onnxslim.inputs import (
-    LABELS_KEY,
     InputSpec,
     conform_feeds,
     input_specs,
     load_inputs,
+    split_rows,
     synthesize_inputs,
 )
 from onnxslim.progress import progress_bar
@@ -176,7 +175,8 @@ def calibration_samples(
     warn: Callable[[str], None] | None = None,
 ) -> Sequence[dict[str, np.ndarray]]:
     """Up to ``count`` samples for ``model``: read from a .npz or a folder of .npy/.npz
-    (checked against the model's inputs), taken from a list of feeds, or synthesized.
+    (checked against the model's inputs; a batch counts as its rows, see
+    :data:`~onnxslim.inputs.DATA_LAYOUT`), taken from a list of feeds, or synthesized.
 
     Synthesized samples call ``warn`` with :data:`SYNTHETIC_WARNING`: ranges measured on
     random data mean little, and a user must not mistake them for calibration.
@@ -189,9 +189,7 @@ def calibration_samples(
             warn(SYNTHETIC_WARNING)
         return SynthesizedSamples(specs, count, seed)
     if isinstance(source, str | os.PathLike):
-        path = Path(source)
-        labelled = _labelled_samples(path, specs)
-        return (labelled if labelled is not None else load_inputs(path, specs))[:count]
+        return split_rows(load_inputs(source, specs), specs)[:count]
     samples = [conform_feeds(feed, specs, "calibration data") for feed in list(source)[:count]]
     if not samples:
         raise InputDataError("calibration data holds no samples")
@@ -214,47 +212,6 @@ class SynthesizedSamples(Sequence):
         if not -self.count <= index < self.count:
             raise IndexError(index)
         return synthesize_inputs(self.specs, seed=self.seed, sample_index=index % self.count)
-
-
-def _labelled_samples(path: Path, specs: list[InputSpec]) -> list[dict[str, np.ndarray]] | None:
-    """Samples of a ``.npz`` that also holds ``labels`` (the evaluation files that recipes
-    measure accuracy with), the labels left out; None for any other source."""
-    if path.suffix != ".npz" or not path.is_file():
-        return None
-    if any(spec.name == LABELS_KEY for spec in specs):
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if LABELS_KEY not in archive.files:
-                return None
-            arrays = {key: archive[key] for key in archive.files if key != LABELS_KEY}
-    except (OSError, ValueError) as exc:
-        raise InputDataError(f"{path}: cannot read as .npz ({exc})") from exc
-    # Rows are samples: an array of the input's rank is a batch (row i is a batch of one),
-    # an array one rank above holds whole samples.
-    rows: dict[str, Callable[[int], np.ndarray]] = {}
-    for spec in specs:
-        array = arrays.get(spec.name)
-        if array is None or spec.rank is None:
-            continue
-        if array.ndim == spec.rank:
-            rows[spec.name] = lambda i, a=array: a[i : i + 1]
-        elif array.ndim == spec.rank + 1:
-            rows[spec.name] = lambda i, a=array: a[i]
-        else:
-            raise InputDataError(
-                f"{path}: input '{spec.name}' expects rank {spec.rank} (a batch per file) or "
-                f"{spec.rank + 1} (samples along axis 0), got shape {list(array.shape)}"
-            )
-    total = min((len(arrays[name]) for name in rows), default=0)
-    return [
-        conform_feeds(
-            {key: rows[key](i) if key in rows else value for key, value in arrays.items()},
-            specs,
-            str(path),
-        )
-        for i in range(total)
-    ]
 
 
 def batched(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +34,19 @@ __all__ = [
     "conform_feeds",
     "load_inputs",
     "read_npz",
+    "split_rows",
     "LABELS_KEY",
+    "DATA_LAYOUT",
 ]
+
+DATA_LAYOUT = (
+    "A .npz holds one array per input name (an array named 'labels' is ignored). An array "
+    "with one more dimension than its input stacks samples along axis 0; an array of the "
+    "input's rank is one batch, whose rows count as samples where axis 0 is a symbolic "
+    "batch dim. A folder of .npz files is read in name order; a folder of <input>.npy "
+    "files follows the same rules."
+)
+"""How input data files are laid out, for help texts and docs."""
 
 LABELS_KEY = "labels"
 """The array of a data file that holds the expected classes rather than an input: files such
@@ -442,21 +453,31 @@ def _split_samples(
 ) -> list[dict[str, np.ndarray]]:
     """One sample per index of axis 0 for arrays one rank above their input, else one sample.
 
-    An array with exactly its input's rank is shared by every sample.
+    An array with exactly its input's rank is shared by every sample, unless its input fixes
+    axis 0 (to 1, say) and the array stacks several of those: then each is a sample. A
+    ``labels`` array that is not an input is left out.
     """
+    if LABELS_KEY not in {spec.name for spec in specs}:
+        arrays = {key: value for key, value in arrays.items() if key != LABELS_KEY}
     _check_names(arrays, specs, source)
+    arrays = dict(arrays)
     counts: dict[str, int] = {}
     for spec in specs:
         array = arrays[spec.name]
-        if spec.rank is None or array.ndim == spec.rank:
+        if spec.rank is None:
             continue
-        if array.ndim != spec.rank + 1:
+        if array.ndim == spec.rank:
+            stacked = _stacked_along_a_fixed_axis(spec, array)
+            if stacked is None:
+                continue
+            arrays[spec.name] = stacked
+        elif array.ndim != spec.rank + 1:
             raise InputDataError(
                 f"{source}: input '{spec.name}' expects rank {spec.rank} "
                 f"{_format_shape(spec.shape)} (or {spec.rank + 1} for several samples), "
                 f"got shape {_format_shape(array.shape)}"
             )
-        counts[spec.name] = array.shape[0]
+        counts[spec.name] = arrays[spec.name].shape[0]
     if len(set(counts.values())) > 1:
         detail = ", ".join(f"'{name}' has {n}" for name, n in counts.items())
         raise InputDataError(f"{source}: inputs hold different numbers of samples ({detail})")
@@ -472,6 +493,40 @@ def _split_samples(
         )
         for index in range(total)
     ]
+
+
+def _stacked_along_a_fixed_axis(spec: InputSpec, array: np.ndarray) -> np.ndarray | None:
+    """``array`` as samples along a new axis 0 when it stacks several of what its input
+    takes: 64 images for an input fixed at ``[1, 3, 224, 224]``; else None."""
+    first = spec.shape[0] if spec.shape else None
+    if not isinstance(first, int) or first < 1 or array.shape[0] == first:
+        return None
+    if array.shape[0] % first or array.shape[1:] != tuple(
+        d if isinstance(d, int) else s for d, s in zip(spec.shape[1:], array.shape[1:], strict=True)
+    ):
+        return None  # conform_feeds names the mismatch
+    return array.reshape(array.shape[0] // first, first, *array.shape[1:])
+
+
+def split_rows(
+    samples: Sequence[Mapping[str, np.ndarray]], specs: Iterable[InputSpec]
+) -> Sequence[Mapping[str, np.ndarray]]:
+    """``samples`` with each batch cut into its rows, for inputs whose axis 0 is a symbolic
+    batch dim: a 64-image batch counts as 64 samples (for calibration and its progress bar).
+    Samples of other models are returned as they are."""
+    specs = list(specs)
+    batched_inputs = all(spec.shape and not isinstance(spec.shape[0], int) for spec in specs)
+    if not specs or not batched_inputs:
+        return samples
+    rows = []
+    for sample in samples:
+        sizes = {sample[spec.name].shape[0] for spec in specs}
+        if len(sizes) != 1:
+            return samples  # inputs disagree on the batch: not one batch of rows
+        rows.extend(
+            {name: array[i : i + 1] for name, array in sample.items()} for i in range(sizes.pop())
+        )
+    return rows
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -494,8 +549,7 @@ def load_inputs(path: str | os.PathLike, specs: Iterable[InputSpec]) -> list[dic
     """Samples read from ``path``, checked against ``specs`` and cast to the inputs' dtypes.
 
     ``path`` is a ``.npz`` whose keys are input names, a folder of ``.npz`` files (read in name
-    order), or a folder of ``<input>.npy`` files. An array one rank above its input holds
-    several samples along axis 0.
+    order), or a folder of ``<input>.npy`` files; see :data:`DATA_LAYOUT`.
     """
     specs = list(specs)
     path = Path(path)

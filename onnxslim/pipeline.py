@@ -16,10 +16,12 @@ pass.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import inspect
 import tempfile
+import textwrap
 import time
 import typing
 from collections.abc import Callable, Iterator, Sequence
@@ -79,7 +81,8 @@ class PassContext:
     one-line notes that end up in the report (e.g. why a pass left something untouched).
     ``original`` gives the path of a file holding the untouched input model, for passes that
     compare with it or learn from it (``needs_original = True``); ``stages`` collects what
-    ``measure`` steps found along the pipeline.
+    ``measure`` steps found along the pipeline. ``metric`` publishes a figure (an output
+    cosine, an agreement rate) that reports show in their main table and JSON.
     """
 
     model: Model
@@ -89,6 +92,7 @@ class PassContext:
     notes: list[str] = field(default_factory=list)
     tables: list[PassTable] = field(default_factory=list)
     stages: list[Any] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def original_path(self) -> Path:
         """The untouched input model on disk (written on first use when it had no file)."""
@@ -106,15 +110,26 @@ class PassContext:
         """Attach a table to this pass's record; the optimize report shows it."""
         self.tables.append(PassTable(title, list(columns), [list(row) for row in rows]))
 
+    def metric(self, name: str, value: float) -> None:
+        """Publish a figure of this pass's result, e.g. ``ctx.metric("output_cosine", 0.998)``:
+        reports show it as a row of their main table and as ``metrics`` in JSON, whatever
+        the pass (a snake_case name reads as words there)."""
+        self.metrics[name] = float(value)
+
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """One option of a pass, as ``onnxslim passes`` lists it."""
+    """One option of a pass, as ``onnxslim passes`` lists it and the pass's command offers it.
+
+    ``help`` is the field's ``metadata["help"]`` or, more readably, its attribute docstring:
+    a string literal on the line after the field.
+    """
 
     name: str
     type_name: str
     default: Any
     annotation: Any
+    help: str = ""
 
 
 class Pass:
@@ -149,6 +164,7 @@ class Pass:
         if not dataclasses.is_dataclass(cls):
             return []
         hints = _type_hints(cls)
+        docs = _attribute_docs(cls)
         specs = []
         for f in dataclasses.fields(cls):
             if not f.init:
@@ -157,7 +173,8 @@ class Pass:
             if f.default_factory is not dataclasses.MISSING:
                 default = f.default_factory()
             annotation = hints.get(f.name, Any)
-            specs.append(OptionSpec(f.name, _type_name(annotation), default, annotation))
+            help_text = f.metadata.get("help") or docs.get(f.name, "")
+            specs.append(OptionSpec(f.name, _type_name(annotation), default, annotation, help_text))
         return specs
 
     def label(self) -> str:
@@ -179,6 +196,28 @@ def _option_text(value: Any) -> str:
 def _type_hints(cls: type) -> dict[str, Any]:
     """Resolved annotations of a pass class (resolving them is slow; passes run often)."""
     return typing.get_type_hints(cls)
+
+
+@functools.cache
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under a class's annotated fields (base classes first), by name."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):  # no source: built in a string, frozen
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for statement, following in zip(body, body[1:], strict=False):
+            if (
+                isinstance(statement, ast.AnnAssign)
+                and isinstance(statement.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[statement.target.id] = inspect.cleandoc(following.value.value)
+    return docs
 
 
 def _type_name(annotation: Any) -> str:
@@ -252,6 +291,7 @@ class PassRecord:
     round: int | None = None
     notes: list[str] = field(default_factory=list)
     tables: list[PassTable] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class PassManager:
@@ -310,6 +350,7 @@ class PassManager:
         before = self._snapshot(model, step) if self.verify_each else None
         ctx.notes = []
         ctx.tables = []
+        ctx.metrics = {}
         start = time.perf_counter()
         try:
             changed = bool(step.run(graph, ctx))
@@ -340,6 +381,7 @@ class PassManager:
             round=round_number,
             notes=list(ctx.notes),
             tables=list(ctx.tables),
+            metrics=dict(ctx.metrics),
         )
         self.records.append(record)
         if self.on_record:

@@ -5,6 +5,9 @@ parentheses, and square brackets around steps to repeat until nothing changes::
 
     cleanup,fold-constants(max_growth_bytes=0),[cleanup,fold-constants]*5
 
+``default`` stands for the default pipeline, so a plugin pass joins it without retyping it:
+``default,my-pass``.
+
 A recipe is a TOML file with the same information, typed by TOML itself::
 
     [[steps]]
@@ -44,12 +47,14 @@ __all__ = [
     "register_pass",
     "registered_passes",
     "get_pass",
+    "builtin_pass",
     "create_pass",
     "parse_pipeline",
     "without_passes",
     "load_recipe",
     "load_plugin",
     "DEFAULT_PIPELINE",
+    "DEFAULT_NAME",
     "ENTRY_POINT_GROUP",
 ]
 
@@ -60,6 +65,9 @@ DEFAULT_PIPELINE = (
     "fuse-batchnorm,fuse-affine,fuse-layernorm,fuse-gelu,fuse-rmsnorm,fuse-rotary,"
     "fuse-attention,cse]*10"
 )
+
+# In a spec, this name stands for the default pipeline; no pass may take it.
+DEFAULT_NAME = "default"
 
 _REGISTRY: dict[str, type[Pass]] = {}
 _discovered = False
@@ -74,6 +82,10 @@ def register_pass(name: str):
     def decorate(cls: type[Pass]) -> type[Pass]:
         if not issubclass(cls, Pass):
             raise TypeError(f"{cls.__name__} must subclass onnxslim.Pass to be registered")
+        if name == DEFAULT_NAME:
+            raise PipelineSpecError(
+                f"'{DEFAULT_NAME}' names the default pipeline in specs; choose another pass name"
+            )
         if not is_dataclass(cls):
             cls = dataclass(cls)
         existing = _REGISTRY.get(name)
@@ -107,6 +119,13 @@ def _discover() -> None:
 def registered_passes() -> dict[str, type[Pass]]:
     _discover()
     return dict(sorted(_REGISTRY.items()))
+
+
+def builtin_pass(name: str) -> type[Pass]:
+    """A pass that ships with onnxslim, without loading plugins (whose failure to load must
+    not break the commands built from the built-in passes)."""
+    importlib.import_module("onnxslim.passes")
+    return _REGISTRY[name]
 
 
 def get_pass(name: str) -> type[Pass]:
@@ -255,7 +274,7 @@ class _SpecParser:
         return self.text[self.pos] if self.pos < len(self.text) else ""
 
     def parse_list(self, closing: str | None) -> list[Step]:
-        steps: list[Step] = [self.parse_step()]
+        steps: list[Step] = self.parse_step()
         while True:
             char = self.peek()
             if char == "" and closing:
@@ -265,9 +284,10 @@ class _SpecParser:
             if char != ",":
                 raise self.error(f"expected ',' but found {char!r}")
             self.pos += 1
-            steps.append(self.parse_step())
+            steps.extend(self.parse_step())
 
-    def parse_step(self) -> Step:
+    def parse_step(self) -> list[Step]:
+        """One step, or the default pipeline's steps for ``default``."""
         if self.peek() == "[":
             self.pos += 1
             steps = self.parse_list(closing="]")
@@ -280,15 +300,19 @@ class _SpecParser:
                 limit = int(self.read_while(str.isdigit) or "0")
                 if limit < 1:
                     raise self.error("a repeat count after '*' must be a positive integer")
-            return FixedPoint(steps, limit)
+            return [FixedPoint(steps, limit)]
         name = self.read_while(lambda c: c.isalnum() or c in "-_.")
         if not name:
             raise self.error(f"expected a pass name but found {self.peek()!r}")
+        if name == DEFAULT_NAME:
+            if self.peek() == "(":
+                raise self.error(f"'{DEFAULT_NAME}' (the default pipeline) takes no options")
+            return parse_pipeline(DEFAULT_PIPELINE)
         options: dict[str, str] = {}
         if self.peek() == "(":
             self.pos += 1
             options = self.parse_options()
-        return create_pass(name, options, from_text=True)
+        return [create_pass(name, options, from_text=True)]
 
     def parse_options(self) -> dict[str, str]:
         options: dict[str, str] = {}
@@ -341,13 +365,16 @@ def load_recipe(path: str | Path) -> list[Step]:
     if not isinstance(entries, list) or not entries:
         raise PipelineSpecError(f"{path}: a recipe needs a non-empty [[steps]] list")
     return [
-        _recipe_step(entry, f"{path}: step {i + 1}", path.parent) for i, entry in enumerate(entries)
+        step
+        for i, entry in enumerate(entries)
+        for step in _recipe_steps(entry, f"{path}: step {i + 1}", path.parent)
     ]
 
 
-def _recipe_step(entry: Any, where: str, base_dir: Path) -> Step:
+def _recipe_steps(entry: Any, where: str, base_dir: Path) -> list[Step]:
+    """The steps of one recipe entry: a table, or a spec string (``"default"`` among them)."""
     if isinstance(entry, str):
-        return parse_pipeline(entry)[0]
+        return parse_pipeline(entry)
     if not isinstance(entry, dict):
         raise PipelineSpecError(f"{where}: expected a table, got {entry!r}")
     entry = dict(entry)
@@ -358,11 +385,14 @@ def _recipe_step(entry: Any, where: str, base_dir: Path) -> Step:
             raise PipelineSpecError(f"{where}: unexpected keys {sorted(entry)} beside 'repeat'")
         if not isinstance(inner, list) or not inner:
             raise PipelineSpecError(f"{where}: 'repeat' needs a non-empty list of steps")
-        return FixedPoint([_recipe_step(item, where, base_dir) for item in inner], int(limit))
+        steps = [step for item in inner for step in _recipe_steps(item, where, base_dir)]
+        return [FixedPoint(steps, int(limit))]
     if "pass" not in entry:
         raise PipelineSpecError(f"{where}: each step needs 'pass = \"name\"' or 'repeat = [...]'")
     name = entry.pop("pass")
-    return create_pass(name, entry, base_dir=base_dir)
+    if name == DEFAULT_NAME and not entry:
+        return parse_pipeline(DEFAULT_PIPELINE)
+    return [create_pass(name, entry, base_dir=base_dir)]
 
 
 # ------------------------------------------------------------------------------------ plugins

@@ -1,6 +1,6 @@
 """onnxruntime sessions on an execution provider that is really the one asked for.
 
-onnxruntime is optional (``onnxslim[cpu]``, ``[gpu]`` or ``[train]``), so it is imported only
+onnxruntime is optional (the extras ``cpu``, ``gpu`` or ``train``), so it is imported only
 when a session is needed. Two of its habits are turned into errors here, because both make a
 numerics check quietly meaningless: onnxruntime-gpu falls back to the CPU when the CUDA
 libraries cannot be loaded, and the CUDA provider computes float32 matmuls and convolutions in
@@ -38,6 +38,7 @@ __all__ = [
     "create_session",
     "open_session",
     "run",
+    "install_advice",
 ]
 
 # Short names that onnxslim accepts, and the onnxruntime providers they stand for.
@@ -49,9 +50,16 @@ PROVIDERS: dict[str, str] = {
 _SHORT_NAMES = {full: short for short, full in PROVIDERS.items()}
 _DISPLAY_NAMES = {"cpu": "CPU", "cuda": "CUDA", "tensorrt": "TensorRT"}
 
+
+def install_advice(extra: str) -> str:
+    """How to install this project's ``extra``: from its checkout, since the name
+    ``onnxslim`` on PyPI belongs to another project, without these extras."""
+    return f"pip install -e '.[{extra}]' in your onnxslim checkout"
+
+
 _MISSING_MESSAGE = (
-    "onnxruntime is not installed: pip install 'onnxslim[cpu]' "
-    "(or 'onnxslim[gpu]' for CUDA, 'onnxslim[train]' for distillation)"
+    f"onnxruntime is not installed: {install_advice('cpu')} "
+    "('.[gpu]' for CUDA, '.[train]' for distillation)"
 )
 # onnxruntime logs warnings (initializers that are also inputs) and the errors it also raises
 # on stderr; onnxslim reports what matters itself, so only fatal messages get through.
@@ -101,7 +109,7 @@ def check_provider(name: str) -> str:
         raise ProviderUnavailableError(
             f"execution provider '{_SHORT_NAMES[full_name]}' is not available in this "
             f"onnxruntime build (available: {', '.join(offered)}); "
-            "for CUDA install 'onnxslim[gpu]'"
+            f"for CUDA: {install_advice('gpu')}"
         )
     return full_name
 

@@ -74,7 +74,9 @@ class ConvertOpset(Pass):
     accepts_unloadable_input = True
 
     target: int | None = None
+    """The opset of the default domain to convert to."""
     ir_version: int | None = None
+    """The IR version to write (e.g. 8 for older runtimes)."""
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         if self.target is None and self.ir_version is None:

@@ -204,13 +204,21 @@ class Float16(Pass):
     lossless = False
 
     dtype: Literal["float16", "bfloat16"] = "float16"
+    """The half-precision type."""
     keep_io_types: bool = True
+    """Keep graph inputs and outputs float32."""
     block: list[str] = field(default_factory=lambda: list(DEFAULT_BLOCK_LIST))
+    """Op types kept float32."""
     guard: bool = True
+    """Keep float32 the nodes that would overflow float16 on sample data."""
     overflow_limit: float = FLOAT16_MAX / 2
+    """The overflow guard's limit on absolute values."""
     calib: Path | None = None
+    """Sample inputs (.npz) for the overflow guard; else synthesized."""
     samples: int = 2
+    """Samples the overflow guard runs."""
     provider: str = "cpu"
+    """The execution provider whose kernels decide which ops may run in half precision."""
 
     def __post_init__(self) -> None:
         unknown = [op for op in self.block if not onnx.defs.has(op)]

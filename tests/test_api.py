@@ -330,3 +330,79 @@ def test_skip_applies_to_recipes_and_ready_made_steps(tmp_path):
     assert [s.name for s in resolve_steps([Cleanup(), InferShapes()], skip=["cleanup"])] == [
         "infer-shapes"
     ]
+
+
+# ------------------------------------------------------- input shapes, data, nothing changed
+
+
+def _dims(value: onnx.ValueInfoProto) -> list:
+    return [d.dim_value or d.dim_param or None for d in value.type.tensor_type.shape.dim]
+
+
+def test_input_shapes_are_written_into_the_model_and_its_symbolic_dims(text_embedding_model):
+    model, _ = onnxslim.optimize(text_embedding_model, input_shapes={"input_ids": [2, 7]})
+    proto = model.to_proto()
+    assert {v.name: _dims(v) for v in proto.graph.input} == {
+        name: [2, 7] for name in ("input_ids", "token_type_ids", "position_ids", "attention_mask")
+    }
+    assert _dims(proto.graph.output[0]) == [2, 7, 8]
+    ids = np.ones((2, 7), np.int64)
+    feeds = {name: ids for name in ("input_ids", "token_type_ids", "position_ids")}
+    assert run_model(proto, {**feeds, "attention_mask": ids})[0].shape == (2, 7, 8)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "message"),
+    [
+        ({"input_ids": [2]}, "rank"),
+        ({"nope": [1, 2]}, "not an input"),
+    ],
+)
+def test_input_shapes_that_do_not_fit_are_input_data_errors(text_embedding_model, shapes, message):
+    with pytest.raises(onnxslim.InputDataError, match=message):
+        onnxslim.optimize(text_embedding_model, input_shapes=shapes)
+
+
+def test_a_static_dim_cannot_be_overwritten(classifier_model):
+    with pytest.raises(onnxslim.InputDataError, match="fixes it to 3"):
+        onnxslim.optimize(classifier_model, input_shapes={"image": [1, 4, 8, 8]})
+
+
+def test_validation_runs_on_the_calibration_data_a_pass_was_given(tmp_path):
+    digits = FIXTURE.parent / "digits_cnn.onnx"
+    data = FIXTURE.parent / "digits_test.npz"  # 450 images and their labels
+    _, report = onnxslim.optimize(
+        digits,
+        passes=[onnxslim.registry.create_pass("quantize", {"calib": data, "samples": 32})],
+        output=tmp_path / "q.onnx",
+        validate=ValidationOptions(min_cosine=0.99, atol=float("inf")),
+    )
+    assert report.validation.inputs == str(data)
+    assert report.validation.samples == 450
+    assert report.validation.passed and report.written
+
+
+def test_require_change_refuses_to_write_when_the_pass_changed_nothing(tmp_path):
+    out = tmp_path / "same.onnx"
+    digits = FIXTURE.parent / "digits_cnn.onnx"  # opset 17
+    with pytest.raises(onnxslim.OnnxSlimError, match=r"convert-opset\(target=17\) changed nothing"):
+        onnxslim.optimize(
+            digits, "convert-opset(target=17)", output=out, require_change="convert-opset"
+        )
+    assert not out.exists()
+
+
+def test_a_recipe_and_passes_together_are_refused(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[steps]]\npass = "cleanup"\n')
+    with pytest.raises(PipelineSpecError, match="not both"):
+        onnxslim.optimize(FIXTURE, "cleanup", recipe=recipe)
+
+
+def test_the_report_says_whether_anything_changed_and_gathers_metrics():
+    _, first = onnxslim.optimize(FIXTURE)
+    model, _ = onnxslim.optimize(FIXTURE)
+    _, second = onnxslim.optimize(model)
+    assert first.changed and not second.changed
+    assert first.to_dict()["changed"] is True and first.to_dict()["metrics"] == {}
+    assert (first.before.opset, first.before.ir_version) == (first.after.opset, 8)

@@ -125,7 +125,7 @@ def test_missing_training_runtime_says_how_to_install(student_path, train_npz):
     with pytest.raises(TrainingRuntimeMissingError) as caught:
         distill(TEACHER, student_path, train_npz)
     message = str(caught.value)
-    assert "pip install 'onnxslim[train]' torch==2.13.0" in message
+    assert "pip install -e '.[train]' torch==2.13.0" in message
     assert "make .venv-train/.installed" in message
 
 

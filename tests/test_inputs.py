@@ -16,6 +16,7 @@ from onnxslim.inputs import (
     load_inputs,
     parse_input_shapes,
     resolve_shapes,
+    split_rows,
     synthesize_inputs,
 )
 from onnxslim.runtime import create_session, run
@@ -318,7 +319,7 @@ def _without(data, name):
     ("data", "message"),
     [
         (_without(_text_sample(), "attention_mask"), "no data for input 'attention_mask'"),
-        ({**_text_sample(), "labels": np.ones(2)}, "'labels' is not an input"),
+        ({**_text_sample(), "scores": np.ones(2)}, "'scores' is not an input"),
         ({**_text_sample(), "input_ids": np.ones(5, np.int64)}, "input 'input_ids' expects rank 2"),
         (
             {**_text_sample(), "input_ids": np.ones((2, 2, 2, 5), np.int64)},
@@ -346,6 +347,32 @@ def test_bad_npz_data_is_an_input_data_error(tmp_path, text_specs, data, message
     np.savez(tmp_path / "data.npz", **data)
     with pytest.raises(InputDataError, match=message):
         load_inputs(tmp_path / "data.npz", text_specs)
+
+
+def test_a_labels_array_is_left_out_of_the_samples(tmp_path, text_specs):
+    np.savez(tmp_path / "data.npz", **_text_sample(), labels=np.ones(2, np.int64))
+    (sample,) = load_inputs(tmp_path / "data.npz", text_specs)
+    assert set(sample) == {spec.name for spec in text_specs}
+
+
+def test_a_stack_of_what_a_fixed_batch_takes_is_read_as_samples(tmp_path, build_model):
+    model = build_model(
+        [helper.make_node("Identity", ["image"], ["out"])],
+        [vi("image", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [vi("out", TensorProto.FLOAT, [1, 3, 4, 4])],
+    )
+    images = np.random.default_rng(0).standard_normal((6, 3, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", image=images)
+    samples = load_inputs(tmp_path / "data.npz", input_specs(model))
+    assert len(samples) == 6
+    np.testing.assert_array_equal(samples[4]["image"], images[4:5])
+
+
+def test_split_rows_cuts_a_batch_into_samples_of_one_row(tmp_path, text_specs):
+    np.savez(tmp_path / "data.npz", **_text_sample(batch=3))
+    rows = split_rows(load_inputs(tmp_path / "data.npz", text_specs), text_specs)
+    assert len(rows) == 3
+    assert rows[2]["input_ids"].shape == (1, 5)
 
 
 def test_a_static_dim_mismatch_names_the_input_and_axis(tmp_path, classifier_model):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -154,6 +154,40 @@ def test_pass_description_and_options_come_from_the_class():
         ("runs", "int", 0),
     ]
     assert CountingPass(changes=3).label() == "counting(changes=3)"
+
+
+@dataclass
+class Documented(Pass):
+    """Options documented where they are declared."""
+
+    ratio: float = 0.5
+    """Share of channels to remove,
+    in [0, 1)."""
+    undocumented: int = 1
+    named: str = field(default="x", metadata={"help": "Help from field metadata."})
+
+
+def test_option_help_comes_from_attribute_docstrings_or_field_metadata():
+    helps = {option.name: option.help for option in Documented.options()}
+    assert helps == {
+        "ratio": "Share of channels to remove,\nin [0, 1).",
+        "undocumented": "",
+        "named": "Help from field metadata.",
+    }
+
+
+def test_metrics_a_pass_publishes_land_in_its_record():
+    @dataclass
+    class Measuring(Pass):
+        def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
+            ctx.metric("output_cosine", np.float32(0.5))
+            return False
+
+    Measuring.name = "measuring"
+    first, second = PassManager([Measuring(), CountingPass()]).run(_relu_chain())
+    assert first.metrics == {"output_cosine": 0.5}
+    assert type(first.metrics["output_cosine"]) is float
+    assert second.metrics == {}
 
 
 @dataclass

@@ -181,3 +181,29 @@ def test_installed_entry_point_plugins_are_discovered(tmp_path):
         check=True,
     )
     assert result.stdout.strip() == "True"
+
+
+def test_default_in_a_spec_stands_for_the_default_pipeline():
+    steps = parse_pipeline("default,cleanup")
+    assert _labels(steps) == [*_labels(parse_pipeline(DEFAULT_PIPELINE)), "cleanup"]
+
+
+def test_default_takes_no_options():
+    with pytest.raises(PipelineSpecError, match="takes no options"):
+        parse_pipeline("default(x=1)")
+
+
+def test_a_recipe_step_may_name_the_default_pipeline(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[steps]]\npass = "default"\n\n[[steps]]\npass = "cleanup"\n')
+    assert _labels(load_recipe(recipe)) == _labels(parse_pipeline("default,cleanup"))
+
+
+def test_no_pass_may_be_registered_as_default():
+    from onnxslim import Pass, register_pass
+
+    with pytest.raises(PipelineSpecError, match="default pipeline"):
+
+        @register_pass("default")
+        class Default(Pass):
+            pass

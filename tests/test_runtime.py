@@ -170,8 +170,8 @@ def test_require_onnxruntime_explains_how_to_install_when_missing():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
-        "onnxruntime is not installed: pip install 'onnxslim[cpu]' "
-        "(or 'onnxslim[gpu]' for CUDA, 'onnxslim[train]' for distillation)"
+        "onnxruntime is not installed: pip install -e '.[cpu]' in your onnxslim checkout "
+        "('.[gpu]' for CUDA, '.[train]' for distillation)"
     )
 
 

@@ -256,6 +256,19 @@ def test_a_candidate_that_fails_to_run_is_named(build_model):
         validate(_reshape(build_model, [6]), _reshape(build_model, [4]), progress=False)
 
 
+def test_an_infinite_atol_leaves_the_decision_to_min_cosine_without_warnings(scorer):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loose = validate(
+            scorer(), scorer(PERTURBED), atol=float("inf"), min_cosine=0.9, progress=False
+        )
+    assert _output(loose, "scores").passed
+    strict = validate(scorer(), scorer(PERTURBED), atol=float("inf"), min_cosine=0.9999999)
+    assert "min_cosine" in _output(strict, "scores").reason
+
+
 def test_models_can_be_given_as_paths_bytes_protos_or_models(classifier_model, save_model):
     path = save_model(classifier_model)
     for candidate in (path, str(path), path.read_bytes(), classifier_model, load(path)):
@@ -265,7 +278,8 @@ def test_models_can_be_given_as_paths_bytes_protos_or_models(classifier_model, s
 def test_inputs_from_an_npz_file(scorer, tmp_path):
     np.savez(tmp_path / "x.npz", x=np.stack([SCORES_X, SCORES_X * 2]))
     report = validate(scorer(), scorer(PERTURBED), inputs=tmp_path / "x.npz", progress=False)
-    assert report.samples == 2
+    assert report.samples == 8  # two batches of four rows
+    assert report.inputs == str(tmp_path / "x.npz")
     expected = _expected_metrics(
         np.concatenate([SCORES_X, 2 * SCORES_X]) * WEIGHT,
         np.concatenate([SCORES_X, 2 * SCORES_X]) * PERTURBED,

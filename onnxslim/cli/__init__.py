@@ -1,11 +1,13 @@
 """The ``onnxslim`` command: a thin shell over the Python API.
 
 Each command parses its options, calls the API and renders the result. Errors that onnxslim
-raises on purpose become one red line and exit code 2; a failed numerics check exits 1; a
-traceback appears only with ``--debug``.
+raises on purpose become one red line and their exit code (see :mod:`onnxslim.errors`: 1
+quality bar missed, 2 bad input, 3 internal error, 4 nothing to do); a traceback appears only
+with ``--debug``.
 
 Every module in this package registers its commands on the shared typer app when imported, so
-a new command is a new module here, nothing else.
+a new command is a new module here, nothing else; a command that runs one pass is a row of
+:data:`onnxslim.cli.compress.COMMANDS`, its options derived from the pass.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ __all__ = [
 ]
 
 TRAIN_INSTALL_HINT = (
-    "install the `train` extra in its own venv: pip install 'onnxslim[train]' torch==2.13.0, "
-    "or make .venv-train/.installed"
+    "install the `train` extra in its own venv: pip install -e '.[train]' torch==2.13.0 in "
+    "your onnxslim checkout, or make .venv-train/.installed"
 )
 
 

@@ -54,12 +54,19 @@ class PruneChannels(Pass):
     lossless = False
 
     ratio: float = 0.5
+    """Share of each group's channels to remove, in [0, 1)."""
     criterion: Criterion = "l1"
+    """Channel importance: weight norms (l1, l2), BatchNorm scale, or activation."""
     global_ranking: bool = False
+    """Rank channels across groups (scores normalized per group), not per group."""
     round_to: int = 1
+    """Keep channel counts multiples of this."""
     min_channels: int = 1
+    """Keep at least this many channels per group."""
     exclude: list[str] = field(default_factory=list)
+    """Node-name patterns whose groups stay whole."""
     calib: Path | None = None
+    """Inputs (.npz) for criterion=activation."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:

@@ -87,18 +87,31 @@ class Quantize(Pass):
     lossless = False
 
     weights: Literal["int8", "uint8", "int4", "int16"] = "int8"
+    """Weight type: int8 (symmetric), uint8, int16 (opset 21) or int4 (block-wise)."""
     activations: Literal["uint8", "int8", "int16", "none"] = "uint8"
+    """Activation type, or none for weight-only quantization (no calibration)."""
     calibration: Literal["minmax", "percentile", "entropy"] = "minmax"
+    """How activation ranges are chosen from the calibration data."""
     percentile: float = 99.99
+    """Percent of values the percentile method keeps."""
     samples: int = 128
+    """Calibration samples to use (rows of the data)."""
     calib: Path | None = None
+    """Calibration data (.npz or a folder); without it, random inputs and a warning."""
     ops: list[str] = field(default_factory=lambda: list(DEFAULT_OPS))
+    """Op types to quantize."""
     exclude: list[str] = field(default_factory=list)
+    """Node or output names (fnmatch patterns) to keep float."""
     per_channel: bool = True
+    """One weight scale per output channel (else per tensor)."""
     reduce_range: bool = False
+    """7-bit weights, for CPUs without VNNI."""
     block_size: int = 32
+    """int4 block size (a power of two, 16 or more for MatMulNBits)."""
     target_cosine: float | None = None
+    """Keep the most sensitive layers float until the outputs reach this cosine."""
     seed: int = 0
+    """Seed for synthesized calibration inputs."""
 
     def __post_init__(self) -> None:
         self._check_options()
@@ -320,6 +333,7 @@ class Quantize(Pass):
             summary += f"; {len(kept)} kept float by the accuracy guard"
         if cosine is not None:
             summary += f"; output cosine vs float {cosine:.6f} on {evaluated} sample(s)"
+            ctx.metric("output_cosine", cosine)
         ctx.log(summary)
 
 

@@ -51,10 +51,15 @@ class ClusterWeights(Pass):
     lossless = False
 
     bits: int = 4
+    """Index width: 2**bits centroids per codebook (2 to 8)."""
     per_channel: bool = False
+    """One codebook per output channel."""
     fold: bool = False
+    """Write the clustered values back as dense float weights."""
     iterations: int = 20
+    """k-means iterations."""
     min_size: int = 256
+    """Leave weights with fewer elements alone."""
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         if not 2 <= self.bits <= 8:

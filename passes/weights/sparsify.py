@@ -55,11 +55,17 @@ class PruneWeights(Pass):
     lossless = False
 
     sparsity: float | None = None
+    """Fraction of each layer's weights to zero, in [0, 1)."""
     threshold: float | None = None
+    """Zero the weights at or below this magnitude (instead of sparsity=)."""
     scope: Literal["layer", "global"] = "layer"
+    """Rank weights per layer, or across all layers."""
     sparse_storage: bool = False
+    """Store pruned weights in a smaller sparse form where there is one."""
     sparse_format: Literal["auto", "coo", "mask"] = "auto"
+    """Sparse form: ONNX sparse initializer (coo), bit mask, or the smaller (auto)."""
     min_size: int = 256
+    """Leave weights with fewer elements alone."""
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         self._check_options()
