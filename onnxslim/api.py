@@ -30,7 +30,7 @@ from onnxslim.model import (
     save,
 )
 from onnxslim.model import refuse_overwriting_sources as _refuse_overwriting_sources
-from onnxslim.pipeline import PassContext, PassManager, PassRecord, Step, flatten_steps
+from onnxslim.pipeline import Pass, PassContext, PassManager, PassRecord, Step, flatten_steps
 from onnxslim.registry import (
     DEFAULT_PIPELINE,
     load_plugin,
@@ -126,15 +126,34 @@ def resolve_steps(
     recipe: str | os.PathLike | None = None,
     skip: Sequence[str] = (),
     plugins: Sequence[str | os.PathLike] = (),
+    prepare: bool = True,
 ) -> list[Step]:
-    """The steps to run: a spec string, ready-made steps, a recipe file, or the default."""
+    """The steps to run: a spec string, ready-made steps, a recipe file, or the default;
+    with ``prepare``, each pass's :meth:`~onnxslim.pipeline.Pass.prepare_steps` go before it."""
     for plugin in plugins:
         load_plugin(plugin)
     if recipe is not None:
-        return without_passes(load_recipe(recipe), skip)
-    if passes is None or isinstance(passes, str):
-        return parse_pipeline(passes or DEFAULT_PIPELINE, skip=skip)
-    return without_passes(list(passes), skip)
+        steps = without_passes(load_recipe(recipe), skip)
+    elif passes is None or isinstance(passes, str):
+        steps = parse_pipeline(passes or DEFAULT_PIPELINE, skip=skip)
+    else:
+        steps = without_passes(list(passes), skip)
+    return with_preparation(steps, skip) if prepare else steps
+
+
+def with_preparation(steps: Sequence[Step], skip: Sequence[str] = ()) -> list[Step]:
+    """``steps`` with the preparation each top-level pass asks for right before it, unless
+    the step before already is that preparation."""
+    prepared: list[Step] = []
+    for step in steps:
+        spec = step.prepare_steps() if isinstance(step, Pass) else None
+        if spec:
+            preparation = parse_pipeline(spec, skip=skip)
+            labels = [s.label() for s in preparation]
+            if [s.label() for s in prepared[-len(labels) :]] != labels:
+                prepared.extend(preparation)
+        prepared.append(step)
+    return prepared
 
 
 def optimize(
@@ -150,6 +169,7 @@ def optimize(
     validate: bool | ValidationOptions = False,
     check_input: bool = True,
     target_opset: int | None = None,
+    prepare: bool = True,
     on_record=None,
 ) -> OptimizeResult:
     """Load ``model``, run the pipeline, optionally save and validate.
@@ -161,9 +181,10 @@ def optimize(
     With ``output`` the result is written atomically; with ``validate`` as well, it is written
     only if its outputs match the original's under onnxruntime (``report.written`` tells).
     ``target_opset`` lets passes that need a newer opset (e.g. fusing LayerNormalization)
-    raise the model's opset when they have something to gain.
+    raise the model's opset when they have something to gain. ``prepare`` runs the lossless
+    pipeline before each compression pass (see :meth:`~onnxslim.pipeline.Pass.prepare_steps`).
     """
-    steps = resolve_steps(passes, recipe=recipe, skip=skip, plugins=plugins)
+    steps = resolve_steps(passes, recipe=recipe, skip=skip, plugins=plugins, prepare=prepare)
     options = ValidationOptions() if validate is True else (validate or None)
     output_path = Path(output) if output is not None else None
 

@@ -88,6 +88,7 @@ class PassContext:
     notes: list[str] = field(default_factory=list)
     tables: list[PassTable] = field(default_factory=list)
     stages: list[Any] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     def original_path(self) -> Path:
         """The untouched input model on disk (written on first use when it had no file)."""
@@ -104,6 +105,11 @@ class PassContext:
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Attach a table to this pass's record; the optimize report shows it."""
         self.tables.append(PassTable(title, list(columns), [list(row) for row in rows]))
+
+    def metric(self, name: str, value: Any) -> None:
+        """A figure the pass measured about its result (e.g. ``held-out cosine``): the report
+        shows it in its main table and ``--json`` under the pass's ``metrics``."""
+        self.metrics[name] = value
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,16 @@ class Pass:
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         raise NotImplementedError(f"{type(self).__name__} must implement run(graph, ctx)")
+
+    def prepare_steps(self) -> str | None:
+        """The lossless pipeline (a spec string) that should run right before this pass, or
+        None. ``optimize`` runs it unless asked not to (``prepare=False``, ``--no-prepare``).
+
+        Compression passes return the default pipeline: exports hide weights behind
+        Transpose, Cast and Constant nodes and BatchNormalizations, which folding and fusing
+        turn into plain initializers the pass can quantize, prune or convert.
+        """
+        return None
 
     @classmethod
     def description(cls) -> str:
@@ -247,6 +263,7 @@ class PassRecord:
     round: int | None = None
     notes: list[str] = field(default_factory=list)
     tables: list[PassTable] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 class PassManager:
@@ -305,6 +322,7 @@ class PassManager:
         before = self._snapshot(model, step) if self.verify_each else None
         ctx.notes = []
         ctx.tables = []
+        ctx.metrics = {}
         start = time.perf_counter()
         try:
             changed = bool(step.run(graph, ctx))
@@ -332,6 +350,7 @@ class PassManager:
             round=round_number,
             notes=list(ctx.notes),
             tables=list(ctx.tables),
+            metrics=dict(ctx.metrics),
         )
         self.records.append(record)
         if self.on_record:
