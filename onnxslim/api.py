@@ -19,7 +19,7 @@ from typing import Any
 import onnx
 
 from onnxslim.checking import check_model
-from onnxslim.errors import ModelSaveError
+from onnxslim.errors import ModelSaveError, NothingChangedError
 from onnxslim.model import (
     Model,
     ModelSource,
@@ -170,6 +170,7 @@ def optimize(
     check_input: bool = True,
     target_opset: int | None = None,
     prepare: bool = True,
+    must_change: Sequence[str] = (),
     on_record=None,
 ) -> OptimizeResult:
     """Load ``model``, run the pipeline, optionally save and validate.
@@ -183,6 +184,8 @@ def optimize(
     ``target_opset`` lets passes that need a newer opset (e.g. fusing LayerNormalization)
     raise the model's opset when they have something to gain. ``prepare`` runs the lossless
     pipeline before each compression pass (see :meth:`~onnxslim.pipeline.Pass.prepare_steps`).
+    ``must_change`` names passes of which at least one must change the model (what a command
+    that runs one pass is for): otherwise NothingChangedError says why, and nothing is written.
     """
     steps = resolve_steps(passes, recipe=recipe, skip=skip, plugins=plugins, prepare=prepare)
     options = ValidationOptions() if validate is True else (validate or None)
@@ -207,6 +210,8 @@ def optimize(
         ctx = PassContext(model=loaded, target_opset=target_opset, original=original.path)
         records = manager.run(loaded, ctx)
         optimize_seconds = time.perf_counter() - start
+        if must_change:
+            _require_change(records, must_change)
 
         report = OptimizeReport(
             pipeline=",".join(step.label() for step in steps),
@@ -226,6 +231,18 @@ def optimize(
             report.validation = _validate(reference, candidate, options)
         report.save_seconds = time.perf_counter() - start
     return OptimizeResult(model=loaded, report=report)
+
+
+def _require_change(records: Sequence[PassRecord], names: Sequence[str]) -> None:
+    """NothingChangedError when no run of the passes ``names`` changed the model."""
+    runs = [r for r in records if r.name.split("(")[0] in names]
+    if any(r.changed for r in runs):
+        return
+    reasons = [note for r in runs for note in r.notes][:2]
+    because = f": {'; '.join(reasons)}" if reasons else ""
+    raise NothingChangedError(
+        f"nothing to do: {' / '.join(names)} changed nothing{because}. Nothing written"
+    )
 
 
 def _data_path(output: Path) -> Path:

@@ -129,25 +129,28 @@ class Pass:
     place and returns True when it changed anything. Set ``lossless = False`` for passes that
     change numerics on purpose (quantization, pruning); ``verify_each`` then checks only
     validity for them, not equality of outputs. Set ``needs_original = True`` for passes that
-    read the untouched input model through ``ctx.original_path()``.
+    read the untouched input model through ``ctx.original_path()``, and ``prepare`` to a
+    pipeline spec that should run before the pass (see :meth:`prepare_steps`).
     """
 
     name: ClassVar[str] = ""
     lossless: ClassVar[bool] = True
     needs_original: ClassVar[bool] = False
+    prepare: ClassVar[str | None] = None
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         raise NotImplementedError(f"{type(self).__name__} must implement run(graph, ctx)")
 
     def prepare_steps(self) -> str | None:
         """The lossless pipeline (a spec string) that should run right before this pass, or
-        None. ``optimize`` runs it unless asked not to (``prepare=False``, ``--no-prepare``).
+        None: the class's ``prepare`` unless a pass's options change it. ``optimize`` runs it
+        unless asked not to (``prepare=False``, ``--no-prepare``).
 
-        Compression passes return the default pipeline: exports hide weights behind
+        Compression passes set ``prepare = DEFAULT_PIPELINE``: exports hide weights behind
         Transpose, Cast and Constant nodes and BatchNormalizations, which folding and fusing
         turn into plain initializers the pass can quantize, prune or convert.
         """
-        return None
+        return self.prepare
 
     @classmethod
     def description(cls) -> str:

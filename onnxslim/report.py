@@ -94,6 +94,10 @@ def render_optimize(report: OptimizeReport, console: Console) -> None:
         f"passes {report.optimize_seconds:.2f}s, save {report.save_seconds:.2f}s",
         f"{report.total_seconds:.2f}s",
     )
+    for record in report.passes:  # what lossy passes measured about their result
+        for name, value in record.metrics.items():
+            text = f"{value:.4f}" if isinstance(value, float) else escape(str(value))
+            summary.add_row(escape(name), "", text, "")
     console.print(summary)
 
     rounds = max((r.round or 0 for r in report.passes), default=0)

@@ -29,9 +29,9 @@ def prune_spec(
     exclude: list[str] | None = None,
     calib: Path | None = None,
 ) -> str:
-    """The pipeline ``onnxslim prune`` runs: constants folded first (so that Constant nodes
-    are initializers the pass can rewrite), then pruning, then the lossless pipeline, which
-    among others folds the BatchNormalizations that ``bn-scale`` scored."""
+    """The pipeline ``onnxslim prune`` runs: pruning (which the lossless pipeline prepares,
+    see ``PruneChannels.prepare_steps``), then the lossless pipeline again, which among others
+    folds the BatchNormalizations that ``bn-scale`` scored."""
     from onnxslim.registry import DEFAULT_PIPELINE
 
     pruning = pass_spec(
@@ -44,7 +44,7 @@ def prune_spec(
         exclude=list(exclude or []),
         calib=calib,
     )
-    return f"fold-constants,{pruning},{DEFAULT_PIPELINE}"
+    return f"{pruning},{DEFAULT_PIPELINE}"
 
 
 @app.command()

@@ -2,9 +2,9 @@
 
 It builds a ``quantize(...)`` spec and hands it to :func:`onnxslim.cli.shell.run_optimize`, so
 it shares the optimize report (with the per-layer SQNR table), ``--json``, ``--quiet``,
-``--debug`` and the exit codes. The pass itself reports the output cosine similarity with
-the float model on the calibration data; ``--target-cosine`` makes it a guarantee, and
-``onnxslim validate ORIGINAL QUANTIZED --min-cosine ...`` checks on other data.
+``--debug`` and the exit codes. The pass measures the result on held-out samples and holds it
+to ``--min-cosine``/``--min-top1`` (exit 1, nothing written, when it cannot); a model that is
+already quantized is refused (exit 2), and a model with nothing to quantize exits 4.
 """
 
 from __future__ import annotations
@@ -43,8 +43,12 @@ def quantize(
     ] = "int8",
     activations: Annotated[
         str,
-        typer.Option("--activations", help="Activation type: uint8, int8, int16 or none."),
-    ] = "uint8",
+        typer.Option(
+            "--activations",
+            help="auto (dynamic for transformers, uint8 otherwise), dynamic (ranges per input "
+            "at run time), uint8, int8, int16 (calibrated) or none (weight-only).",
+        ),
+    ] = "auto",
     calibration: Annotated[
         str, typer.Option("--calibration", help="Range method: minmax, percentile or entropy.")
     ] = "minmax",
@@ -69,10 +73,32 @@ def quantize(
     block_size: Annotated[
         int | None, typer.Option("--block-size", help="int4 block size (default: 32).")
     ] = None,
-    target_cosine: Annotated[
+    smooth: Annotated[
         float | None,
-        typer.Option("--target-cosine", help="Keep sensitive layers float to reach this cosine."),
+        typer.Option("--smooth", help="SmoothQuant alpha: move activation outliers into weights."),
     ] = None,
+    min_cosine: Annotated[
+        float | None,
+        typer.Option(
+            "--min-cosine",
+            help="Floor: cosine with the float model on held-out samples (0.99; 0.90 for int4).",
+        ),
+    ] = None,
+    min_top1: Annotated[
+        float | None,
+        typer.Option("--min-top1", help="Floor for classifiers: top-1 agreement (0.98)."),
+    ] = None,
+    guard: Annotated[
+        bool,
+        typer.Option("--guard/--no-guard", help="Keep sensitive layers float to meet the floor."),
+    ] = True,
+    requantize: Annotated[
+        bool, typer.Option("--requantize", help="Quantize what is float in a quantized model.")
+    ] = False,
+    prepare: Annotated[
+        bool,
+        typer.Option("--prepare/--no-prepare", help="Run the lossless pipeline first."),
+    ] = True,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
@@ -93,8 +119,12 @@ def quantize(
             per_channel=None if per_channel else False,
             reduce_range=reduce_range or None,
             block_size=block_size,
-            target_cosine=target_cosine,
+            smooth=smooth,
+            min_cosine=min_cosine,
+            min_top1=min_top1,
+            guard=None if guard else False,
+            requantize=requantize or None,
         )
-        return run_spec(model, output, weights, spec, as_json=as_json, quiet=quiet)
+        return run_spec(model, output, weights, spec, as_json=as_json, quiet=quiet, prepare=prepare)
 
     guarded(debug, action)

@@ -197,8 +197,19 @@ def pass_spec(name: str, **options: object) -> str:
 
 
 def run_spec(
-    model: Path, output: Path | None, kind: str, spec: str, *, as_json: bool, quiet: bool
+    model: Path,
+    output: Path | None,
+    kind: str,
+    spec: str,
+    *,
+    as_json: bool,
+    quiet: bool,
+    **options: Any,
 ) -> int:
-    """Run a single-pass command's ``spec``; the output defaults to ``MODEL.<kind>.onnx``."""
+    """Run a single-pass command's ``spec``; the output defaults to ``MODEL.<kind>.onnx``.
+    A command whose pass changes nothing writes nothing and exits 4 (NothingChangedError)."""
     target = output or model.with_name(f"{model.stem}.{kind}.onnx")
-    return run_optimize(model, target, as_json=as_json, quiet=quiet, passes=spec)
+    name = spec.split("(")[0].split(",")[0]
+    return run_optimize(
+        model, target, as_json=as_json, quiet=quiet, passes=spec, must_change=[name], **options
+    )

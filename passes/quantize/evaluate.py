@@ -44,10 +44,11 @@ __all__ = [
     "split_held_out",
     "classifier_outputs",
     "HELD_OUT_MAX",
+    "BATCH",
 ]
 
 HELD_OUT_MAX = 32  # samples held out of calibration to measure the result on
-_BATCH = 16
+BATCH = 16  # samples per run; dynamic quantization runs one at a time (its ranges span a batch)
 # Ops between a classifier's last linear layer and its output.
 _PASS_THROUGH = ("Softmax", "LogSoftmax", "Identity", "Flatten", "Reshape", "Squeeze")
 _LINEAR = ("Gemm", "MatMul", "Conv")
@@ -231,10 +232,13 @@ class HeldOut:
     """
 
     def __init__(
-        self, float_model: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]]
+        self,
+        float_model: onnx.ModelProto,
+        samples: Sequence[Mapping[str, np.ndarray]],
+        batch_size: int = BATCH,
     ) -> None:
         specs = input_specs(float_model)
-        self.batches = list(batched(samples, specs, _BATCH))
+        self.batches = list(batched(samples, specs, batch_size))
         self.samples = len(samples)
         self.outputs = [o.name for o in float_model.graph.output]
         self.classifiers: set[str] = set()

@@ -202,7 +202,15 @@ class Layer:
 
 
 def is_float_variable(tensor: gs.Tensor) -> bool:
-    return isinstance(tensor, gs.Variable) and tensor.dtype == _FLOAT32 and not _is_weight(tensor)
+    """A float activation: computed, not a weight seen through views, not dequantized."""
+    if not isinstance(tensor, gs.Variable) or tensor.dtype != _FLOAT32:
+        return False
+    return not _is_weight(tensor) and not _dequantized(tensor)
+
+
+def _dequantized(tensor: gs.Variable) -> bool:
+    """Already quantized: the output of a DequantizeLinear (in a model quantized before)."""
+    return bool(tensor.inputs) and tensor.inputs[0].op == "DequantizeLinear"
 
 
 def _is_weight(tensor: gs.Variable) -> bool:
@@ -231,6 +239,8 @@ def _layer_of(node: gs.Node, static: bool) -> Layer | None:
     if node.domain not in STANDARD_DOMAINS or not node.outputs or not node.outputs[0].name:
         return None
     key = node.outputs[0].name
+    if any(isinstance(t, gs.Variable) and _dequantized(t) for t in node.inputs):
+        return None  # quantized already
     float_inputs = [i for i, t in enumerate(node.inputs) if is_float_variable(t)]
     op = node.op
     source = weight_source(node.inputs[1]) if op in ("Conv", "Gemm", "MatMul") else None

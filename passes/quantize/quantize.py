@@ -41,6 +41,7 @@ from onnxslim.passes.convert_opset import ConversionError, convert
 from onnxslim.passes.infer_shapes import InferShapes
 from onnxslim.passes.quantize.dynamic import insert_dynamic, supports_dynamic
 from onnxslim.passes.quantize.evaluate import (
+    BATCH,
     HELD_OUT_MAX,
     HeldOut,
     Quality,
@@ -82,7 +83,7 @@ from onnxslim.model import Model, copy_graph, iter_graphs, read_constant, to_pro
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import DEFAULT_PIPELINE, register_pass
 
-__all__ = ["Quantize", "QUANTIZED_OPS"]
+__all__ = ["Quantize", "AlreadyQuantizedError", "QUANTIZED_OPS"]
 
 # A tensor whose range reaches beyond this holds sentinels (attention masks of -3.4e38), whose
 # quantization step would swallow every real value beside them.
@@ -121,6 +122,11 @@ _AUTO_SMOOTH = 0.8
 _SMOOTH_SAMPLES = 64  # calibration samples the per-channel ranges for smoothing come from
 
 
+class AlreadyQuantizedError(OnnxSlimError):
+    """The model already holds quantized ops; quantizing it again would stack the errors of
+    both quantizations (exit code 2, as for any input the command cannot take)."""
+
+
 @register_pass("quantize")
 class Quantize(Pass):
     """Quantize weights and activations to integers that onnxruntime runs as integer kernels,
@@ -141,6 +147,7 @@ class Quantize(Pass):
     """
 
     lossless = False
+    prepare = DEFAULT_PIPELINE
 
     weights: Literal["int8", "uint8", "int4", "int16"] = "int8"
     activations: Literal["auto", "dynamic", "uint8", "int8", "int16", "none"] = "auto"
@@ -162,9 +169,6 @@ class Quantize(Pass):
 
     def __post_init__(self) -> None:
         self._check_options()
-
-    def prepare_steps(self) -> str | None:
-        return DEFAULT_PIPELINE
 
     def floor(self) -> QualityFloor:
         """The quality the result must keep: ``min_cosine`` (by default 0.99, or 0.90 for
@@ -204,7 +208,7 @@ class Quantize(Pass):
             return untouched("no layer to quantize (ops: " + ", ".join(self.ops) + ")")
         floor = self.floor()
         try:
-            data = self._data(ctx, calibrated=activations != "none")
+            data = self._data(ctx, activations)
             attempt = self._attempt(graph, ctx, data, activations, self.smooth)
             if not attempt.quality.meets(floor) and self._smooth_may_help(activations):
                 retry = self._attempt(graph, ctx, data, activations, _AUTO_SMOOTH)
@@ -275,7 +279,7 @@ class Quantize(Pass):
     def _refuse_quantized(self, graph: gs.Graph) -> None:
         found = [n.op for g in iter_graphs(graph) for n in g.nodes if n.op in QUANTIZED_OPS]
         if found and not self.requantize:
-            raise PipelineSpecError(
+            raise AlreadyQuantizedError(
                 f"the model is already quantized ({len(found)} {found[0]} and similar nodes): "
                 "quantizing it again would stack quantization errors and grow the file; "
                 "quantize the float original, or give requantize=true to quantize only what "
@@ -330,13 +334,17 @@ class Quantize(Pass):
             and activations == "dynamic"
         )
 
-    def _data(self, ctx: PassContext, calibrated: bool) -> _Data:
-        """The float model and its samples, split into calibration and held-out ones."""
+    def _data(self, ctx: PassContext, activations: str) -> _Data:
+        """The float model and its samples, split into calibration and held-out ones.
+
+        Dynamic ranges span the whole input, so that scheme is measured one sample at a time,
+        as a batch of one runs it."""
         float_model = to_proto(ctx.model)
         try:
-            samples = self._samples(float_model, ctx, calibrated)
+            samples = self._samples(float_model, ctx, calibrated=activations != "none")
             calibration, held_out, disjoint = split_held_out(samples, self.samples)
-            held = HeldOut(float_model, held_out)
+            batch = 1 if activations == "dynamic" else BATCH
+            held = HeldOut(float_model, held_out, batch)
         except (InputDataError, InvalidModelError) as exc:
             raise _CannotCalibrate(exc) from exc
         if not disjoint:

@@ -107,6 +107,8 @@ def smooth(
         smoothed.append(group)
         if not _fold_into_layernorm(graph, group, scale, taken):
             inserted.append(_divide(graph, group, scale, taken))
+    if inserted:
+        graph.toposort()
     return smoothed, inserted
 
 
