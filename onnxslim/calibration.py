@@ -50,6 +50,7 @@ __all__ = [
 CalibrationMethod = Literal["minmax", "percentile", "entropy"]
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 HISTOGRAM_BINS = 8192  # a multiple of 4, so that doubling the range merges bins exactly
+BATCH_MEMORY = 128 * 2**20  # bytes of exposed tensors one calibration batch may hold
 _ENTROPY_STEP = 16  # candidate thresholds every this many bins (a full scan is 16x slower)
 ENTROPY_LEVELS = 128  # quantization levels the KL search compares with (as TensorRT and ORT)
 SYNTHETIC_WARNING = (
@@ -322,11 +323,17 @@ def calibrate(
     histograms: bool = False,
     channels: Collection[str] = (),
     batch_size: int = 16,
+    memory: int = BATCH_MEMORY,
     provider: str = "cpu",
 ) -> dict[str, TensorStats]:
     """Statistics of each tensor in ``tensors`` (intermediates or graph inputs) over
     ``samples``, updated batch by batch with a progress bar that shows samples per second.
-    Tensors named in ``channels`` also get per-channel ranges along their last axis."""
+    Tensors named in ``channels`` also get per-channel ranges along their last axis.
+
+    The first sample runs alone; its exposed tensors' size sets how many samples the next
+    batches hold (at most ``batch_size``), so that one batch of them stays within ``memory``
+    bytes: a 224x224 CNN exposes megabytes per sample, a small encoder kilobytes.
+    """
     channels = set(channels)
     stats = {
         name: TensorStats(with_histogram=histograms, with_channels=name in channels)
@@ -335,18 +342,30 @@ def calibrate(
     specs = input_specs(model)
     started = time.perf_counter()
     done = 0
+
+    def update(session, feed: dict[str, np.ndarray], count: int) -> int:
+        nonlocal done
+        outputs = run(session, feed)
+        exposed = 0
+        for name, tensor_stats in stats.items():
+            value = outputs.get(name, feed.get(name))
+            if value is not None:
+                tensor_stats.update(value)
+                exposed += np.asarray(value).nbytes
+        del outputs
+        done += count
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        advance(count, description=f"calibrating ({rate:,.0f} samples/s)")
+        return exposed
+
     with (
         open_session(model, provider, expose=tensors) as session,
         progress_bar("calibrating", len(samples)) as advance,
     ):
-        for feed, count in batched(samples, specs, batch_size):
-            outputs = run(session, feed)
-            for name, tensor_stats in stats.items():
-                value = outputs.get(name, feed.get(name))
-                if value is not None:
-                    tensor_stats.update(value)
-            del outputs
-            done += count
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            advance(count, description=f"calibrating ({rate:,.0f} samples/s)")
+        exposed = 0
+        for feed, count in batched(samples[:1], specs, 1):
+            exposed = update(session, feed, count)
+        size = max(1, min(batch_size, memory // max(exposed, 1)))
+        for feed, count in batched(samples[1:], specs, size):
+            update(session, feed, count)
     return stats

@@ -122,11 +122,11 @@ def _shape_of(value: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
         return None
     dims: list[Dim] = []
     for dim in tensor_type.shape.dim:
-        if dim.HasField("dim_value"):
+        if dim.HasField("dim_value") and dim.dim_value >= 0:
             dims.append(int(dim.dim_value))
         elif dim.HasField("dim_param") and dim.dim_param:
             dims.append(dim.dim_param)
-        else:
+        else:  # unnamed, or -1 as PaddlePaddle's exporter writes a dynamic dim
             dims.append(None)
     return tuple(dims)
 

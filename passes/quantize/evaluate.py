@@ -227,7 +227,7 @@ class HeldOut:
     """The held-out samples and the float model's outputs on them.
 
     ``profile`` runs the float model (with extra tensors exposed) and a quantized one side by
-    side, batch by batch, so that layer outputs of both are compared without keeping either;
+    side, sample by sample, so that layer outputs of both are compared without keeping either;
     ``quality`` compares another quantized variant's outputs with the stored float ones.
     """
 
@@ -265,18 +265,23 @@ class HeldOut:
             open_session(reference_model, expose=expose) as float_session,
             open_session(quantized, expose=keys) as quantized_session,
         ):
-            for feed, _ in self.batches:
-                floats = run(float_session, feed)
-                values = run(quantized_session, feed)
-                for key, shadow in pairs.items():
-                    if key in floats and shadow in floats:
-                        local.add(key, floats[key], floats[shadow])
-                for key in keys:
-                    if key in floats and key in values:
-                        accumulated.add(key, floats[key], values[key])
-                reference.append({name: floats[name] for name in self.outputs})
-                results.append({name: values[name] for name in self.outputs})
-                del floats, values
+            for feed, count in self.batches:
+                # One sample at a time: the exposed tensors of a whole batch could be large.
+                floats, values = [], []
+                for single in _rows(feed, count):
+                    exposed_float = run(float_session, single)
+                    exposed = run(quantized_session, single)
+                    for key, shadow in pairs.items():
+                        if key in exposed_float and shadow in exposed_float:
+                            local.add(key, exposed_float[key], exposed_float[shadow])
+                    for key in keys:
+                        if key in exposed_float and key in exposed:
+                            accumulated.add(key, exposed_float[key], exposed[key])
+                    floats.append({name: exposed_float[name] for name in self.outputs})
+                    values.append({name: exposed[name] for name in self.outputs})
+                    del exposed_float, exposed
+                reference.append(_joined(floats, float_session, feed, self.outputs))
+                results.append(_joined(values, quantized_session, feed, self.outputs))
         self.reference = reference
         return self._compare(results), local.result(), accumulated.result()
 
@@ -343,6 +348,26 @@ class HeldOut:
             acc.rows += want.shape[0]
         pairs = zip(want, got, strict=True) if rows else [(want, got)]
         acc.cosines.extend(_cosine(a, b) for a, b in pairs)
+
+
+def _rows(feed: Mapping[str, np.ndarray], count: int) -> list[dict[str, np.ndarray]]:
+    """A batch of ``count`` samples (stacked along axis 0) as one feed per sample."""
+    if count == 1:
+        return [dict(feed)]
+    return [{name: value[i : i + 1] for name, value in feed.items()} for i in range(count)]
+
+
+def _joined(
+    rows: list[dict[str, np.ndarray]], session, feed: Mapping[str, np.ndarray], names: list[str]
+) -> dict[str, np.ndarray]:
+    """The outputs of the whole batch from those of its samples, concatenated along axis 0;
+    run again as a batch when an output has no such axis."""
+    if len(rows) == 1:
+        return rows[0]
+    if all(row[n].ndim and row[n].shape[0] == 1 for row in rows for n in names):
+        return {n: np.concatenate([row[n] for row in rows]) for n in names}
+    outputs = run(session, feed)
+    return {n: outputs[n] for n in names}
 
 
 def _cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
