@@ -1,136 +1,253 @@
-"""Benchmark: onnxslim's quantize pass against onnxruntime.quantization.quantize_static.
+"""Benchmark: onnxslim's quantize against onnxruntime's quantizers, on pretrained models.
 
-In one run, on the same calibration samples, three variants of each model — fp32, ours
-(``quantize``: int8 per-channel weights, uint8 activations, minmax) and onnxruntime's
-``quantize_static`` (QDQ, per-channel, QInt8 weights, QUInt8 activations, MinMax, after its
-recommended ``quant_pre_process``):
+One run, side by side for each model: fp32 / ours with default flags / ours with the best flags
+found for the model / onnxruntime ``quantize_static`` (QDQ, per-channel int8 weights, uint8
+activations, MinMax) / onnxruntime ``quantize_dynamic`` (per-channel int8 weights). Both
+onnxruntime quantizers get ``quant_pre_process`` first, as its documentation recommends, and
+the same calibration samples as ours.
 
-* the digits CNN (``fixtures/digits_cnn.onnx``), calibrated on the first 200 training images
-  (``fixtures/digits_calib.npz``): test accuracy, file size, CPU latency at batch 1 and 32;
-* ResNet-50 and BERT-base exports (random weights, so cosine similarity of the outputs with
-  fp32 stands in for accuracy), calibrated on random inputs: size, latency, cosine;
-* weight-only int4 (block-wise, MatMulNBits) BERT-base: file size against fp32;
-* peak RSS of calibration with 50 and with 500 samples, each measured in a fresh child
-  process (``_measure.py``): digits, ours and onnxruntime's; without ``--quick`` also ours on
-  MobileNetV2 with random 224x224 inputs.
+- Quality on the held-out inputs of ``bench/real_models.py`` (real sentences, images, text
+  lines), one sample per run: sentence-embedding cosine with fp32 (MiniLM); top-1 agreement
+  with fp32 (the PP-OCR line classifier, also its accuracy on the 0/180 labels); per-frame
+  top-1 agreement (the PP-OCR recognizer, also how many lines read the same); pixel
+  agreement of the text map (the PP-OCR detector); logits cosine and top-1 token agreement
+  (GPT-2 small, random weights, TorchScript export with its causal mask).
+- File size; CPU latency at batch 1 and a batch (median, models measured in interleaved
+  rounds); quantize time and peak RSS above the child's imports, each quantization in a
+  fresh process.
+- The guard: a quantize that has to keep layers float (``min_cosine`` above what every layer
+  quantized reaches) against a plain one (floor off) on MiniLM-L6.
 
-Targets: accuracy drop <= 0.5 point and <= onnxruntime's; latency <= onnxruntime's and below
-fp32 on the conv nets; size <= onnxruntime's; RSS(500) <= 1.2 x RSS(50); int4 BERT <= 0.2 x
-fp32. ``--quick`` uses fewer calibration samples and latency runs. Run
-``python bench/quantize.py --help`` for the options.
+Run with ``.venv/bin/python bench/quantize.py`` (``--quick``: fewer held-out samples and latency
+runs; ``--models``; ``--json PATH``; ``--workdir DIR`` keeps the models). The models and data
+come from ``bench/real_models.py`` (``.venv-export/bin/python bench/real_models.py
+--prepare`` makes them, after ``bash bench/setup_peers.sh export``); GPT-2 is exported by
+``bench/export_models.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _evaluate import (
-    DIGITS_CNN,
-    FIXTURES,
-    bench_feed,
-    bench_model,
-    digits,
-    digits_accuracy,
-    interleaved_latency,
-    output_cosine,
-)
-from _measure import measure_call
+from _evaluate import bench_feed, bench_model, interleaved_latency, session
+from _measure import MeasurementError, measure_call
 from _report import consoles, work_folder
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["Row", "ours", "theirs", "bench_digits", "bench_export", "calibration_rss", "main"]
+__all__ = ["Case", "Variant", "CASES", "ours", "ort_static", "ort_dynamic", "main"]
 
-DIGITS_CALIB = FIXTURES / "digits_calib.npz"
 MB = 10**6
-RSS_SAMPLES = (50, 500)
-_COLUMNS = (
-    "model",
-    "variant",
-    "accuracy",
-    "cosine",
-    "size MB",
-    "size vs fp32",
-    "size vs ORT",
-    "latency ms",
-    "latency vs fp32",
-    "latency vs ORT",
-    "quantize s",
-)
-
-
-@dataclass
-class Row:
-    """One variant of one model."""
-
-    model: str
-    variant: str
-    size_mb: float
-    latency_ms: dict[str, float]
-    accuracy: float | None = None
-    cosine: float | None = None
-    quantize_s: float | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+VARIANTS = ("fp32", "ours", "ours best", "ORT static", "ORT dynamic")
+_CHILD_PRELOAD = ["numpy", "onnx", "onnxruntime", "onnxruntime.quantization"]
 
 
 # ------------------------------------------------------------------------------ quantizers
+# Each runs in a fresh child (measure_call): its time and peak memory are its own.
 
 
-def ours(source: Path, target: Path, calib: Path | None, samples: int, spec: str = "") -> float:
-    """Quantize with onnxslim; the seconds it took (load, calibrate, rewrite, save)."""
+def ours(source: str, target: str, calib: str, spec: str) -> list[str]:
+    """onnxslim: ``quantize(calib=..., <spec>)`` with the lossless pipeline first (the
+    default), load and save included; returns the pass's notes."""
     import onnxslim
 
-    options = (
-        [f"samples={samples}"] + ([f"calib='{calib}'"] if calib else []) + ([spec] if spec else [])
-    )
-    start = time.perf_counter()
-    onnxslim.optimize(source, passes=f"quantize({', '.join(options)})", output=target)
-    return time.perf_counter() - start
+    options = ", ".join(filter(None, [f"calib='{calib}'", spec]))
+    _, report = onnxslim.optimize(source, passes=f"quantize({options})", output=target)
+    return [
+        note
+        for record in report.passes
+        if record.name.startswith("quantize")
+        for note in record.notes
+    ]
 
 
-def theirs(source: Path, target: Path, feeds: Sequence[dict[str, np.ndarray]]) -> float:
-    """Quantize with onnxruntime's quantize_static as its documentation recommends; seconds."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+def _ort_calibration(calib: str, names: Sequence[str]):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    samples = _load_calib(Path(calib))
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.items = iter(feeds)
+            self.items = iter(samples)
 
         def get_next(self):
-            return next(self.items, None)
+            sample = next(self.items, None)
+            return None if sample is None else {k: v for k, v in sample.items() if k in names}
 
-    start = time.perf_counter()
-    prepared = target.with_suffix(".pre.onnx")
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    return Reader()
+
+
+def _load_calib(path: Path) -> list[dict[str, np.ndarray]]:
+    """Samples of a calibration ``.npz`` (samples along axis 0) or folder of them."""
+    files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
+    samples = []
+    for file in files:
+        with np.load(file) as archive:
+            arrays = {k: archive[k] for k in archive.files if k != "labels"}
+        stacked = [k for k, a in arrays.items() if a.ndim > 0]
+        count = len(arrays[stacked[0]]) if path.is_file() else 1
+        for index in range(count):
+            samples.append(
+                {k: (a[index] if k in stacked and path.is_file() else a) for k, a in arrays.items()}
+            )
+    return samples
+
+
+def _preprocessed(source: str, target: str) -> str:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = str(Path(target).with_suffix(".pre.onnx"))
+    quant_pre_process(source, prepared, skip_symbolic_shape=True)
+    return prepared
+
+
+def ort_static(source: str, target: str, calib: str) -> None:
+    """onnxruntime ``quantize_static``: QDQ, per channel, QInt8 weights, QUInt8 activations,
+    MinMax, after ``quant_pre_process``."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    prepared = _preprocessed(source, target)
+    names = [i.name for i in ort.InferenceSession(prepared).get_inputs()]
     quantize_static(
-        str(prepared),
-        str(target),
-        Reader(),
+        prepared,
+        target,
+        _ort_calibration(calib, names),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
-    seconds = time.perf_counter() - start
-    prepared.unlink()
-    return seconds
+    Path(prepared).unlink()
+
+
+def ort_dynamic(source: str, target: str) -> None:
+    """onnxruntime ``quantize_dynamic``: per-channel QInt8 weights, after
+    ``quant_pre_process``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    prepared = _preprocessed(source, target)
+    quantize_dynamic(prepared, target, per_channel=True, weight_type=QuantType.QInt8)
+    Path(prepared).unlink()
+
+
+# ------------------------------------------------------------------------------ cases
+
+
+@dataclass
+class Case:
+    """A model, its data and how its quality is judged."""
+
+    name: str
+    kind: str  # embedding | classifier | sequence | detector | logits
+    best: str  # our best flags for it
+    source: Callable[[], Path]
+    calib: Callable[[Path], Path]
+    held_out: Callable[[int], list[dict[str, np.ndarray]]]
+    batch: Callable[[], dict[str, np.ndarray] | None]  # the batch latency is measured on
+    output: str | None = None  # the output quality is judged on (None: the first)
+    labels: Callable[[], np.ndarray] | None = None
+
+
+def _real(name: str, kind: str, best: str, output: str | None = None, batch: int = 16) -> Case:
+    from real_models import data_path, feeds, labels, real_model
+
+    def held_out(limit: int) -> list[dict[str, np.ndarray]]:
+        return list(feeds(name, "heldout", batch_size=1))[:limit]
+
+    def batched() -> dict[str, np.ndarray] | None:
+        return next(feeds(name, "heldout", batch_size=batch)) if batch > 1 else None
+
+    has_labels = name == "ppocr-cls"
+    return Case(
+        name,
+        kind,
+        best,
+        lambda: real_model(name).path,
+        lambda folder: data_path(name, "calib"),
+        held_out,
+        batched,
+        output,
+        (lambda: labels(name, "heldout")) if has_labels else None,
+    )
+
+
+def _gpt2() -> Case:
+    """GPT-2 small with random weights (TorchScript export, causal mask), on random tokens."""
+
+    def source() -> Path:
+        return bench_model("gpt2", log=lambda message: print(message, file=sys.stderr))[0]
+
+    def manifest() -> dict:
+        return bench_model("gpt2", log=lambda message: None)[1]
+
+    def rows(seed: int, count: int) -> list[dict[str, np.ndarray]]:
+        out = []
+        for index in range(count):
+            feed = bench_feed(manifest(), 1, seed=seed + index)
+            out.append({k: v[:, :64] if v.ndim == 2 else v for k, v in feed.items()})
+        return out
+
+    def calib(folder: Path) -> Path:
+        samples = rows(0, 48)
+        path = folder / "gpt2.calib.npz"
+        np.savez(path, **{k: np.stack([s[k] for s in samples]) for k in samples[0]})
+        return path
+
+    def batch() -> dict[str, np.ndarray]:
+        samples = rows(5000, 8)
+        return {k: np.concatenate([s[k] for s in samples]) for k in samples[0]}
+
+    return Case(
+        "gpt2 (random weights)",
+        "logits",
+        "activations=dynamic, smooth=0.8",
+        source,
+        calib,
+        lambda limit: rows(1000, min(limit, 32)),
+        batch,
+    )
+
+
+CASES: dict[str, Callable[[], Case]] = {
+    "minilm-l6-torchscript": lambda: _real(
+        "minilm-l6-torchscript", "embedding", "smooth=0.8", "sentence_embedding"
+    ),
+    "minilm-l6-dynamo": lambda: _real(
+        "minilm-l6-dynamo", "embedding", "smooth=0.8", "sentence_embedding"
+    ),
+    "minilm-l3": lambda: _real("minilm-l3", "embedding", "smooth=0.8", "461"),
+    "ppocr-cls": lambda: _real("ppocr-cls", "classifier", "calibration=percentile"),
+    "ppocr-rec": lambda: _real("ppocr-rec", "sequence", "calibration=percentile"),
+    "ppocr-det": lambda: _real("ppocr-det", "detector", "calibration=percentile", batch=1),
+    "gpt2": _gpt2,
+}
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+@dataclass
+class Variant:
+    """One variant of one model, measured."""
+
+    model: str
+    variant: str
+    quality: dict[str, float] = field(default_factory=dict)
+    size_mb: float | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    quantize_s: float | None = None
+    peak_mb: float | None = None
+    note: str = ""
 
 
 def _size_mb(path: Path) -> float:
@@ -138,135 +255,136 @@ def _size_mb(path: Path) -> float:
     return (path.stat().st_size + (data.stat().st_size if data.exists() else 0)) / MB
 
 
-# ------------------------------------------------------------------------------ cases
+def _outputs(path: Path, feeds: Iterable[dict[str, np.ndarray]], output: str | None) -> list:
+    sess = session(path)
+    names = {i.name for i in sess.get_inputs()}
+    wanted = [output] if output else [sess.get_outputs()[0].name]
+    return [sess.run(wanted, {k: v for k, v in f.items() if k in names})[0] for f in feeds]
 
 
-def bench_digits(folder: Path, runs: int, log: Callable[[str], None]) -> list[Row]:
-    data = digits()
-    calib = [{"image": image[None]} for image in data["x_train"][:200]]
-    batches = {"b1": {"image": data["x_test"][:1]}, "b32": {"image": data["x_test"][:32]}}
-    log("digits: quantizing with onnxslim and with onnxruntime")
-    ours_path, ort_path = folder / "digits.ours.onnx", folder / "digits.ort.onnx"
-    variants = {
-        "fp32": (DIGITS_CNN, None),
-        "onnxslim": (ours_path, ours(DIGITS_CNN, ours_path, DIGITS_CALIB, 200)),
-        "onnxruntime": (ort_path, theirs(DIGITS_CNN, ort_path, calib)),
-    }
-    log("digits: measuring latency (interleaved rounds)")
-    paths = [path for path, _ in variants.values()]
-    latencies = interleaved_latency(paths, batches, runs=runs, min_seconds=3.0)
-    return [
-        Row("digits-cnn", variant, _size_mb(path), latency, digits_accuracy(path, data), None, s)
-        for (variant, (path, s)), latency in zip(variants.items(), latencies, strict=True)
-    ]
+def _cosines(reference: list[np.ndarray], got: list[np.ndarray]) -> np.ndarray:
+    values = []
+    for a, b in zip(reference, got, strict=True):
+        a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+        values.append(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0))
+    return np.array(values)
 
 
-def _split_rows(feed: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    count = len(next(iter(feed.values())))
-    return [{name: value[i : i + 1] for name, value in feed.items()} for i in range(count)]
-
-
-def bench_export(
-    name: str, folder: Path, samples: int, runs: int, log: Callable[[str], None]
-) -> list[Row]:
-    """fp32 / ours / onnxruntime's on an exported model, calibrated on random inputs."""
-    source, manifest = bench_model(name, log=log)
-    calib = [
-        row for seed in range(samples // 2) for row in _split_rows(bench_feed(manifest, 2, seed))
-    ]
-    calib_path = folder / f"{name}.calib.npz"
-    np.savez(calib_path, **{key: np.stack([c[key] for c in calib]) for key in calib[0]})
-    feed = bench_feed(manifest, 1, seed=1000)
-    variants: dict[str, tuple[Path, float | None]] = {"fp32": (source, None)}
-    log(f"{name}: quantizing with onnxslim ({len(calib)} samples)")
-    target = folder / f"{name}.ours.onnx"
-    variants["onnxslim"] = (target, ours(source, target, calib_path, len(calib)))
-    log(f"{name}: quantizing with onnxruntime ({len(calib)} samples)")
-    target = folder / f"{name}.ort.onnx"
-    variants["onnxruntime"] = (target, theirs(source, target, calib))
-    return _measure_variants(name, variants, source, feed, runs, log)
-
-
-def bench_int4(folder: Path, runs: int, log: Callable[[str], None]) -> list[Row]:
-    source, manifest = bench_model("bert-base", log=log)
-    feed = bench_feed(manifest, 1, seed=1000)
-    target = folder / "bert-base.int4.onnx"
-    log("bert-base: int4 weight-only with onnxslim")
-    seconds = ours(source, target, None, 1, "weights=int4, activations=none, block_size=32")
-    variants = {"fp32": (source, None), "onnxslim": (target, seconds)}
-    return _measure_variants("bert-base int4 weight-only", variants, source, feed, runs, log)
-
-
-def _measure_variants(
-    model: str,
-    variants: dict[str, tuple[Path, float | None]],
-    source: Path,
-    feed: dict[str, np.ndarray],
-    runs: int,
-    log: Callable[[str], None],
-) -> list[Row]:
-    """Cosine with the float model and batch-1 latency (interleaved rounds) of each variant."""
-    log(f"{model}: measuring {', '.join(variants)} (interleaved rounds)")
-    paths = [path for path, _ in variants.values()]
-    latencies = interleaved_latency(paths, {"b1": feed}, runs=runs)
-    return [
-        Row(
-            model,
-            variant,
-            _size_mb(path),
-            latency,
-            cosine=output_cosine(source, path, feed),
-            quantize_s=seconds,
-        )
-        for (variant, (path, seconds)), latency in zip(variants.items(), latencies, strict=True)
-    ]
-
-
-# ------------------------------------------------------------------------------ memory
-
-
-def calibrate_ours(samples: int, target: str) -> None:
-    """Measured in a child: onnxslim's quantize of the digits CNN on ``samples`` images."""
-    data = digits()
-    calib = Path(target).with_suffix(".calib.npz")
-    np.savez(calib, image=data["x_train"][:samples][:, None])
-    ours(DIGITS_CNN, Path(target), calib, samples)
-
-
-def calibrate_theirs(samples: int, target: str) -> None:
-    """Measured in a child: onnxruntime's quantize_static on the same images."""
-    data = digits()
-    theirs(
-        DIGITS_CNN, Path(target), [{"image": image[None]} for image in data["x_train"][:samples]]
-    )
-
-
-def calibrate_export(name: str, samples: int, target: str) -> None:
-    """Measured in a child: onnxslim's quantize of an exported model on ``samples`` random
-    inputs (onnxruntime's calibrator keeps every activation of every sample: at 500 samples
-    of a 224x224 network that is over 10 GB, so it is measured on digits only)."""
-    source, _ = bench_model(name)
-    ours(source, Path(target), None, samples)
-
-
-def calibration_rss(
-    folder: Path, exported: Sequence[str], log: Callable[[str], None]
-) -> dict[str, dict[int, float]]:
-    """Peak RSS in MB of a whole quantization (calibration included) per sample count."""
-    cases = [
-        ("digits: onnxslim", calibrate_ours, ()),
-        ("digits: onnxruntime", calibrate_theirs, ()),
-        *((f"{name}: onnxslim", calibrate_export, (name,)) for name in exported),
-    ]
-    result: dict[str, dict[int, float]] = {}
-    for label, function, args in cases:
-        result[label] = {}
-        for samples in RSS_SAMPLES:
-            log(f"calibration RSS: {label}, {samples} samples")
-            target = str(folder / f"rss-{len(result)}-{samples}.onnx")
-            measured = measure_call(function, *args, samples, target, preload=["onnxruntime"])
-            result[label][samples] = measured.peak_rss_bytes / MB
+def quality(case: Case, reference: list, got: list) -> dict[str, float]:
+    """The figures that judge ``got`` against fp32's ``reference`` (lists of outputs, one per
+    held-out sample)."""
+    cosines = _cosines(reference, got)
+    result = {"cosine": float(cosines.mean()), "worst cosine": float(cosines.min())}
+    if case.kind in ("classifier", "sequence", "logits"):
+        same = [np.mean(a.argmax(-1) == b.argmax(-1)) for a, b in zip(reference, got, strict=True)]
+        result["top-1 agreement"] = float(np.mean(same))
+    if case.kind == "sequence":
+        lines = [
+            np.array_equal(a.argmax(-1), b.argmax(-1)) for a, b in zip(reference, got, strict=True)
+        ]
+        result["lines read the same"] = float(np.mean(lines))
+    if case.kind == "detector":
+        agree = [np.mean((a > 0.3) == (b > 0.3)) for a, b in zip(reference, got, strict=True)]
+        result["pixel agreement"] = float(np.mean(agree))
+    if case.labels is not None:
+        predicted = np.array([g.argmax(-1).item() for g in got])
+        result["accuracy"] = float(np.mean(predicted == case.labels()[: len(predicted)]))
     return result
+
+
+def headline(case: Case, figures: dict[str, float]) -> str:
+    """The one number per variant that the table's quality column shows."""
+    if not figures:
+        return "-"
+    if case.kind in ("classifier", "sequence"):
+        return f"top-1 {figures['top-1 agreement']:.2%}"
+    if case.kind == "detector":
+        return f"pixels {figures['pixel agreement']:.2%}"
+    if case.kind == "logits":
+        return f"cos {figures['cosine']:.4f}, top-1 {figures['top-1 agreement']:.1%}"
+    return f"cos {figures['cosine']:.4f}"
+
+
+def bench_case(
+    case: Case, folder: Path, held_out: int, runs: int, log: Callable[[str], None]
+) -> list[Variant]:
+    source = case.source()
+    calib = case.calib(folder)
+    stem = case.name.split()[0]
+    targets = {
+        "ours": folder / f"{stem}.ours.onnx",
+        "ours best": folder / f"{stem}.best.onnx",
+        "ORT static": folder / f"{stem}.ort-static.onnx",
+        "ORT dynamic": folder / f"{stem}.ort-dynamic.onnx",
+    }
+    calls = {
+        "ours": (ours, (str(source), str(targets["ours"]), str(calib), "")),
+        "ours best": (ours, (str(source), str(targets["ours best"]), str(calib), case.best)),
+        "ORT static": (ort_static, (str(source), str(targets["ORT static"]), str(calib))),
+        "ORT dynamic": (ort_dynamic, (str(source), str(targets["ORT dynamic"]))),
+    }
+    variants = {"fp32": Variant(case.name, "fp32", size_mb=_size_mb(source))}
+    for label, (function, args) in calls.items():
+        log(f"{case.name}: quantizing ({label})")
+        variant = Variant(case.name, label)
+        try:
+            measured = measure_call(function, *args, preload=_CHILD_PRELOAD)
+        except MeasurementError as exc:
+            variant.note = f"failed: {str(exc).strip().splitlines()[-1][:120]}"
+        else:
+            variant.quantize_s = measured.seconds
+            variant.peak_mb = measured.peak_increase_bytes / MB
+            variant.size_mb = _size_mb(targets[label])
+            if label.startswith("ours"):
+                variant.note = _scheme_note(measured.value)
+        variants[label] = variant
+    paths = {"fp32": source} | {k: p for k, p in targets.items() if p.exists()}
+    samples = case.held_out(held_out)
+    log(f"{case.name}: quality on {len(samples)} held-out samples")
+    reference = _outputs(source, samples, case.output)
+    for label, path in list(paths.items()):
+        try:
+            got = _outputs(path, samples, case.output)
+        except Exception as exc:  # onnxruntime's errors share no base class
+            variants[label].note = f"onnxruntime cannot run it: {str(exc).splitlines()[0][-90:]}"
+            del paths[label]
+            continue
+        variants[label].quality = quality(case, reference, got)
+    log(f"{case.name}: latency (interleaved rounds)")
+    feeds = {"b1": samples[0]}
+    batch = case.batch()
+    if batch is not None:
+        feeds[f"b{len(next(iter(batch.values())))}"] = batch
+    latencies = interleaved_latency(list(paths.values()), feeds, runs=runs, rounds=3)
+    for label, latency in zip(paths, latencies, strict=True):
+        variants[label].latency_ms = latency
+    return [variants[label] for label in VARIANTS]
+
+
+def _scheme_note(notes: list[str] | None) -> str:
+    for note in notes or []:
+        if note.startswith("quantized "):
+            return note.split(";")[0].removeprefix("quantized ")
+    return ""
+
+
+def guard_cost(folder: Path, log: Callable[[str], None]) -> dict[str, float]:
+    """Seconds of a plain quantize (floor off) and of one whose guard must keep layers float,
+    and onnxruntime's quantize_static, on MiniLM-L6 (TorchScript export)."""
+    from real_models import data_path, real_model
+
+    source = str(real_model("minilm-l6-torchscript").path)
+    calib = str(data_path("minilm-l6-torchscript", "calib"))
+    specs = {
+        "plain": "activations=dynamic, min_cosine=0, min_top1=0",
+        "guarded": "activations=dynamic, min_cosine=0.995",
+    }
+    seconds = {}
+    for label, spec in specs.items():
+        log(f"guard cost: {label}")
+        target = str(folder / f"guard-{label}.onnx")
+        seconds[label] = measure_call(ours, source, target, calib, spec).seconds
+    return seconds
 
 
 # ------------------------------------------------------------------------------ report
@@ -276,50 +394,45 @@ def _ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:.2f}x" if value is not None and base else "-"
 
 
-def _latency_ratios(row: Row, base: Row | None) -> str:
-    if base is None:
-        return "-"
-    return " / ".join(_ratio(v, base.latency_ms.get(k)) for k, v in row.latency_ms.items())
-
-
-def render(rows: list[Row], rss: dict[str, dict[int, float]], console: Console) -> None:
-    if rows:
-        console.print(_results_table(rows))
-    if rss:
-        console.print(_memory_table(rss))
-
-
-def _results_table(rows: list[Row]) -> Table:
-    table = Table(title="quantization: fp32 / onnxslim / onnxruntime quantize_static")
-    for column in _COLUMNS:
-        table.add_column(column, justify="left" if column in ("model", "variant") else "right")
-    for row in rows:
-        peers = {r.variant: r for r in rows if r.model == row.model}
-        fp32, ort = peers.get("fp32"), peers.get("onnxruntime")
-        table.add_row(
-            row.model,
-            row.variant,
-            f"{row.accuracy:.2%}" if row.accuracy is not None else "-",
-            f"{row.cosine:.5f}" if row.cosine is not None else "-",
-            f"{row.size_mb:.2f}",
-            _ratio(row.size_mb, fp32.size_mb if fp32 else None),
-            _ratio(row.size_mb, ort.size_mb if ort else None),
-            " / ".join(f"{k} {v:.3f}" for k, v in row.latency_ms.items()),
-            _latency_ratios(row, fp32),
-            _latency_ratios(row, ort),
-            f"{row.quantize_s:.1f}" if row.quantize_s is not None else "-",
+def render(cases: dict[str, list[Variant]], guard: dict[str, float], console: Console) -> None:
+    for name, variants in cases.items():
+        case = CASES[name]()
+        table = Table(title=f"{case.name}: quality on held-out inputs, size, latency, cost")
+        columns = (
+            "variant",
+            "quality",
+            "MB",
+            "x fp32",
+            "latency ms",
+            "x ORT dyn",
+            "quantize s",
+            "peak MB",
         )
-    return table
-
-
-def _memory_table(rss: dict[str, dict[int, float]]) -> Table:
-    memory = Table(title="peak RSS of a whole quantization (calibration included)")
-    for column in ("case", *(f"{n} samples MB" for n in RSS_SAMPLES), "ratio"):
-        memory.add_column(column, justify="right")
-    for case, by_count in rss.items():
-        values = [by_count[n] for n in RSS_SAMPLES]
-        memory.add_row(case, *(f"{v:.1f}" for v in values), f"{values[1] / values[0]:.2f}x")
-    return memory
+        for column in columns:
+            table.add_column(column, justify="left" if column == "variant" else "right")
+        fp32 = variants[0]
+        ort_dynamic = variants[-1]
+        for variant in variants:
+            latency = " / ".join(f"{k} {v:.1f}" for k, v in variant.latency_ms.items())
+            against = " / ".join(
+                _ratio(v, ort_dynamic.latency_ms.get(k)) for k, v in variant.latency_ms.items()
+            )
+            table.add_row(
+                variant.variant + (f" ({variant.note})" if variant.note else ""),
+                headline(case, variant.quality),
+                f"{variant.size_mb:.2f}" if variant.size_mb else "-",
+                _ratio(variant.size_mb, fp32.size_mb),
+                latency or "-",
+                against or "-",
+                f"{variant.quantize_s:.1f}" if variant.quantize_s is not None else "-",
+                f"{variant.peak_mb:.0f}" if variant.peak_mb is not None else "-",
+            )
+        console.print(table)
+    if guard:
+        console.print(
+            f"guard cost on minilm-l6-torchscript: plain {guard['plain']:.1f} s, guarded "
+            f"{guard['guarded']:.1f} s ({guard['guarded'] / guard['plain']:.2f}x)"
+        )
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -328,8 +441,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--models",
         nargs="*",
-        default=["digits", "resnet50", "bert-base", "int4", "rss"],
-        choices=["digits", "resnet50", "bert-base", "int4", "rss"],
+        default=[*CASES, "guard"],
+        choices=[*CASES, "guard"],
         help="Cases to run (default: all).",
     )
     parser.add_argument("--json", type=Path, help="Write the results as JSON here.")
@@ -339,33 +452,33 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
-    console, _, log = consoles(width=180)
+    console, _, log = consoles(width=140)
     folder, owned = work_folder(args.workdir, prefix="onnxslim-bench-quantize-")
-    samples = 8 if args.quick else 32
-    runs = 10 if args.quick else 50
-    rows: list[Row] = []
-    rss: dict[str, dict[int, float]] = {}
+    held_out = 64 if args.quick else 256
+    runs = 10 if args.quick else 40
+    results: dict[str, list[Variant]] = {}
+    guard: dict[str, float] = {}
     try:
-        if "digits" in args.models:
-            rows += bench_digits(folder, runs=200 if args.quick else 1000, log=log)
-        for name in ("resnet50", "bert-base"):
-            if name in args.models:
-                count = samples if name == "resnet50" else max(2, samples // 4)
-                rows += bench_export(
-                    name, folder, count, runs if name == "resnet50" else runs // 2, log
-                )
-        if "int4" in args.models:
-            rows += bench_int4(folder, max(3, runs // 2), log)
-        if "rss" in args.models:
-            rss = calibration_rss(folder, [] if args.quick else ["mobilenetv2"], log)
+        for name in args.models:
+            if name == "guard":
+                guard = guard_cost(folder, log)
+            else:
+                results[name] = bench_case(CASES[name](), folder, held_out, runs, log)
     finally:
         if owned:
             shutil.rmtree(folder, ignore_errors=True)
-    render(rows, rss, console)
+    render(results, guard, console)
     if args.json:
-        payload = {"rows": [row.as_json() for row in rows], "calibration_rss_mb": rss}
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        payload = {
+            "cases": {name: [asdict(v) for v in variants] for name, variants in results.items()},
+            "guard_seconds": guard,
+        }
+        args.json.write_text(json.dumps(payload, indent=2, default=_finite) + "\n")
     return 0
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
 
 
 if __name__ == "__main__":

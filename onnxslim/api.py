@@ -34,7 +34,7 @@ from onnxslim.model import (
     write_staged,
 )
 from onnxslim.model import refuse_overwriting_sources as _refuse_overwriting_sources
-from onnxslim.pipeline import PassContext, PassManager, PassRecord, Step, flatten_steps
+from onnxslim.pipeline import Pass, PassContext, PassManager, PassRecord, Step, flatten_steps
 from onnxslim.registry import (
     DEFAULT_PIPELINE,
     load_plugin,
@@ -166,8 +166,10 @@ def resolve_steps(
     recipe: str | os.PathLike | None = None,
     skip: Sequence[str] = (),
     plugins: Sequence[str | os.PathLike] = (),
+    prepare: bool = True,
 ) -> list[Step]:
-    """The steps to run: a spec string, ready-made steps, a recipe file, or the default."""
+    """The steps to run: a spec string, ready-made steps, a recipe file, or the default;
+    with ``prepare``, each pass's :meth:`~onnxslim.pipeline.Pass.prepare_steps` go before it."""
     for plugin in plugins:
         load_plugin(plugin)
     if recipe is not None:
@@ -175,10 +177,27 @@ def resolve_steps(
             raise PipelineSpecError(
                 "give a recipe or passes, not both: a recipe is a whole pipeline"
             )
-        return without_passes(load_recipe(recipe), skip)
-    if passes is None or isinstance(passes, str):
-        return parse_pipeline(passes or DEFAULT_PIPELINE, skip=skip)
-    return without_passes(list(passes), skip)
+        steps = without_passes(load_recipe(recipe), skip)
+    elif passes is None or isinstance(passes, str):
+        steps = parse_pipeline(passes or DEFAULT_PIPELINE, skip=skip)
+    else:
+        steps = without_passes(list(passes), skip)
+    return with_preparation(steps, skip) if prepare else steps
+
+
+def with_preparation(steps: Sequence[Step], skip: Sequence[str] = ()) -> list[Step]:
+    """``steps`` with the preparation each top-level pass asks for right before it, unless
+    the step before already is that preparation."""
+    prepared: list[Step] = []
+    for step in steps:
+        spec = step.prepare_steps() if isinstance(step, Pass) else None
+        if spec:
+            preparation = parse_pipeline(spec, skip=skip)
+            labels = [s.label() for s in preparation]
+            if [s.label() for s in prepared[-len(labels) :]] != labels:
+                prepared.extend(preparation)
+        prepared.append(step)
+    return prepared
 
 
 def optimize(
@@ -196,6 +215,7 @@ def optimize(
     target_opset: int | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     require_change: str | None = None,
+    prepare: bool = True,
     on_record=None,
 ) -> OptimizeResult:
     """Load ``model``, run the pipeline, optionally save and validate.
@@ -212,9 +232,11 @@ def optimize(
     raise the model's opset when they have something to gain. ``input_shapes`` writes static
     shapes into the inputs first (see :func:`set_input_shapes`). With ``require_change`` (a
     pass name), a run in which that pass changed nothing raises NothingChangedError with the
-    pass's notes, and nothing is written.
+    pass's notes, and nothing is written. ``prepare`` runs the
+    lossless pipeline before each compression pass (see
+    :meth:`~onnxslim.pipeline.Pass.prepare_steps`).
     """
-    steps = resolve_steps(passes, recipe=recipe, skip=skip, plugins=plugins)
+    steps = resolve_steps(passes, recipe=recipe, skip=skip, plugins=plugins, prepare=prepare)
     options = ValidationOptions() if validate is True else (validate or None)
     if options is not None:
         options = _with_user_data(options, steps, input_shapes)

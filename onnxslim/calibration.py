@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,6 +49,7 @@ __all__ = [
 CalibrationMethod = Literal["minmax", "percentile", "entropy"]
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 HISTOGRAM_BINS = 8192  # a multiple of 4, so that doubling the range merges bins exactly
+BATCH_MEMORY = 128 * 2**20  # bytes of exposed tensors one calibration batch may hold
 _ENTROPY_STEP = 16  # candidate thresholds every this many bins (a full scan is 16x slower)
 ENTROPY_LEVELS = 128  # quantization levels the KL search compares with (as TensorRT and ORT)
 SYNTHETIC_WARNING = (
@@ -59,15 +60,24 @@ SYNTHETIC_WARNING = (
 
 @dataclass
 class TensorStats:
-    """Running statistics of one tensor: min, max and, when asked for, a histogram."""
+    """Running statistics of one tensor: min, max and, when asked for, a histogram, and the
+    min and max of each channel of the last axis (what SmoothQuant needs).
+
+    Infinite and NaN values do not enter the range, but are counted in ``nonfinite``: a tensor
+    that holds ``-inf`` (a causal mask) is not an activation to quantize.
+    """
 
     with_histogram: bool = False
+    with_channels: bool = False
     minimum: float = float("inf")
     maximum: float = float("-inf")
     count: int = 0
     empty: int = 0  # batches in which the tensor held no values (a data-dependent size)
+    nonfinite: int = 0
     bound: float = 0.0
     histogram: np.ndarray | None = field(default=None, repr=False)
+    channel_min: np.ndarray | None = field(default=None, repr=False)
+    channel_max: np.ndarray | None = field(default=None, repr=False)
 
     def update(self, values: np.ndarray) -> None:
         values = np.asarray(values)
@@ -77,7 +87,9 @@ class TensorStats:
         low, high = float(values.min()), float(values.max())
         finite = values
         if not (np.isfinite(low) and np.isfinite(high)):  # rare: pay for the filter only then
-            finite = values[np.isfinite(values)]
+            mask = np.isfinite(values)
+            self.nonfinite += int(values.size - np.count_nonzero(mask))
+            finite = values[mask]
             if finite.size == 0:
                 return
             low, high = float(finite.min()), float(finite.max())
@@ -86,6 +98,17 @@ class TensorStats:
         self.count += int(finite.size)
         if self.with_histogram:
             self._add_to_histogram(finite, max(abs(low), abs(high)))
+        if self.with_channels and values.ndim and finite is values:
+            self._add_to_channels(values)
+
+    def _add_to_channels(self, values: np.ndarray) -> None:
+        rows = values.reshape(-1, values.shape[-1])
+        low, high = rows.min(axis=0), rows.max(axis=0)
+        if self.channel_min is None or self.channel_min.shape != low.shape:
+            self.channel_min, self.channel_max = low, high
+            return
+        np.minimum(self.channel_min, low, out=self.channel_min)
+        np.maximum(self.channel_max, high, out=self.channel_max)
 
     def _add_to_histogram(self, values: np.ndarray, absmax: float) -> None:
         if self.histogram is None:
@@ -255,27 +278,51 @@ def calibrate(
     samples: Sequence[Mapping[str, np.ndarray]],
     *,
     histograms: bool = False,
+    channels: Collection[str] = (),
     batch_size: int = 16,
+    memory: int = BATCH_MEMORY,
     provider: str = "cpu",
 ) -> dict[str, TensorStats]:
     """Statistics of each tensor in ``tensors`` (intermediates or graph inputs) over
-    ``samples``, updated batch by batch with a progress bar that shows samples per second."""
-    stats = {name: TensorStats(with_histogram=histograms) for name in tensors}
+    ``samples``, updated batch by batch with a progress bar that shows samples per second.
+    Tensors named in ``channels`` also get per-channel ranges along their last axis.
+
+    The first sample runs alone; its exposed tensors' size sets how many samples the next
+    batches hold (at most ``batch_size``), so that one batch of them stays within ``memory``
+    bytes: a 224x224 CNN exposes megabytes per sample, a small encoder kilobytes.
+    """
+    channels = set(channels)
+    stats = {
+        name: TensorStats(with_histogram=histograms, with_channels=name in channels)
+        for name in tensors
+    }
     specs = input_specs(model)
     started = time.perf_counter()
     done = 0
+
+    def update(session, feed: dict[str, np.ndarray], count: int) -> int:
+        nonlocal done
+        outputs = run(session, feed)
+        exposed = 0
+        for name, tensor_stats in stats.items():
+            value = outputs.get(name, feed.get(name))
+            if value is not None:
+                tensor_stats.update(value)
+                exposed += np.asarray(value).nbytes
+        del outputs
+        done += count
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        advance(count, description=f"calibrating ({rate:,.0f} samples/s)")
+        return exposed
+
     with (
         open_session(model, provider, expose=tensors) as session,
         progress_bar("calibrating", len(samples)) as advance,
     ):
-        for feed, count in batched(samples, specs, batch_size):
-            outputs = run(session, feed)
-            for name, tensor_stats in stats.items():
-                value = outputs.get(name, feed.get(name))
-                if value is not None:
-                    tensor_stats.update(value)
-            del outputs
-            done += count
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            advance(count, description=f"calibrating ({rate:,.0f} samples/s)")
+        exposed = 0
+        for feed, count in batched(samples[:1], specs, 1):
+            exposed = update(session, feed, count)
+        size = max(1, min(batch_size, memory // max(exposed, 1)))
+        for feed, count in batched(samples[1:], specs, size):
+            update(session, feed, count)
     return stats

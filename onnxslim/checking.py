@@ -108,10 +108,12 @@ def check_input_model(model: Model, *, runtime: bool = True, unchanged: bool = F
 
 
 def _check_dims(model: Model) -> None:
-    """Negative dimensions, which onnx.checker lets through, in the declared shapes."""
+    """Negative dimensions, which onnx.checker lets through, in the declared shapes; -1, which
+    PaddlePaddle's exporter writes for a dynamic dim and onnxruntime reads as one, is let
+    through (PP-OCR's models declare it)."""
     for graph in iter_graphs(model.graph):
         for tensor in (*graph.inputs, *graph.outputs):
-            if any(isinstance(dim, int) and dim < 0 for dim in tensor.shape or ()):
+            if any(isinstance(dim, int) and dim < -1 for dim in tensor.shape or ()):
                 raise InvalidModelError(
                     f"'{tensor.name}' is declared with a negative dimension {tensor.shape}, "
                     "which ONNX does not allow"

@@ -135,16 +135,16 @@ def _shape_of(value: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
         return None
     dims: list[Dim] = []
     for dim in tensor_type.shape.dim:
-        if dim.HasField("dim_value") and dim.dim_value < 0:
+        if dim.HasField("dim_value") and dim.dim_value < -1:
             raise InvalidModelError(
                 f"input '{value.name}' has a negative dimension ({dim.dim_value}), "
                 "which ONNX does not allow"
             )
-        if dim.HasField("dim_value"):
+        if dim.HasField("dim_value") and dim.dim_value >= 0:  # -1: PaddlePaddle's dynamic dim
             dims.append(int(dim.dim_value))
         elif dim.HasField("dim_param") and dim.dim_param:
             dims.append(dim.dim_param)
-        else:
+        else:  # unnamed, or -1 as PaddlePaddle's exporter writes a dynamic dim
             dims.append(None)
     return tuple(dims)
 

@@ -92,7 +92,7 @@ class PassContext:
     notes: list[str] = field(default_factory=list)
     tables: list[PassTable] = field(default_factory=list)
     stages: list[Any] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | str] = field(default_factory=dict)
 
     def original_path(self) -> Path:
         """The untouched input model on disk (written on first use when it had no file)."""
@@ -110,11 +110,11 @@ class PassContext:
         """Attach a table to this pass's record; the optimize report shows it."""
         self.tables.append(PassTable(title, list(columns), [list(row) for row in rows]))
 
-    def metric(self, name: str, value: float) -> None:
+    def metric(self, name: str, value: float | str) -> None:
         """Publish a figure of this pass's result, e.g. ``ctx.metric("output_cosine", 0.998)``:
         reports show it as a row of their main table and as ``metrics`` in JSON, whatever
         the pass (a snake_case name reads as words there)."""
-        self.metrics[name] = float(value)
+        self.metrics[name] = value if isinstance(value, str) else float(value)
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,8 @@ class Pass:
     place and returns True when it changed anything. Set ``lossless = False`` for passes that
     change numerics on purpose (quantization, pruning); ``verify_each`` then checks only
     validity for them, not equality of outputs. Set ``needs_original = True`` for passes that
-    read the untouched input model through ``ctx.original_path()``. Set
+    read the untouched input model through ``ctx.original_path()``, and ``prepare`` to a
+    pipeline spec that should run before the pass (see :meth:`prepare_steps`). Set
     ``accepts_unloadable_input = True`` for passes that exist to turn a model onnxruntime
     cannot load into one it can (another opset): the input check then asks only for valid
     ONNX, and the pass answers for its own result.
@@ -149,9 +150,21 @@ class Pass:
     lossless: ClassVar[bool] = True
     needs_original: ClassVar[bool] = False
     accepts_unloadable_input: ClassVar[bool] = False
+    prepare: ClassVar[str | None] = None
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         raise NotImplementedError(f"{type(self).__name__} must implement run(graph, ctx)")
+
+    def prepare_steps(self) -> str | None:
+        """The lossless pipeline (a spec string) that should run right before this pass, or
+        None: the class's ``prepare`` unless a pass's options change it. ``optimize`` runs it
+        unless asked not to (``prepare=False``, ``--no-prepare``).
+
+        Compression passes set ``prepare = DEFAULT_PIPELINE``: exports hide weights behind
+        Transpose, Cast and Constant nodes and BatchNormalizations, which folding and fusing
+        turn into plain initializers the pass can quantize, prune or convert.
+        """
+        return self.prepare
 
     @classmethod
     def description(cls) -> str:
@@ -291,7 +304,7 @@ class PassRecord:
     round: int | None = None
     notes: list[str] = field(default_factory=list)
     tables: list[PassTable] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | str] = field(default_factory=dict)
 
 
 class PassManager:

@@ -139,7 +139,10 @@ def _summary_table(report: OptimizeReport, title: str) -> Table:
     for name, metrics in report.metrics.items():
         for metric, value in metrics.items():
             summary.add_row(
-                escape(metric.replace("_", " ")), "", f"{value:.6g}", f"[dim]{escape(name)}[/]"
+                escape(metric.replace("_", " ")),
+                "",
+                escape(value) if isinstance(value, str) else f"{value:.6g}",
+                f"[dim]{escape(name)}[/]",
             )
     summary.add_row(
         "time",

@@ -44,7 +44,7 @@ from onnxslim.errors import PipelineSpecError
 from onnxslim.inputs import input_specs, load_inputs, synthesize_inputs
 from onnxslim.model import PROTOBUF_LIMIT, Model, iter_graphs, read_constant, stub_proto, to_proto
 from onnxslim.pipeline import Pass, PassContext, keep_if_valid
-from onnxslim.registry import register_pass
+from onnxslim.registry import DEFAULT_PIPELINE, register_pass
 from onnxslim.rewrite import STANDARD_DOMAINS, describe_nodes, element_type, fresh_name
 from onnxslim.runtime import check_provider, open_session
 
@@ -202,6 +202,7 @@ class Float16(Pass):
     """
 
     lossless = False
+    prepare = DEFAULT_PIPELINE
 
     dtype: Literal["float16", "bfloat16"] = "float16"
     """The half-precision type."""

@@ -115,9 +115,9 @@ def test_quantize_reports_its_output_cosine_in_the_table_and_as_json(onnxslim):
     shown = onnxslim("quantize", "digits_cnn.onnx", "--calib", "digits_calib.npz")
     data = onnxslim("quantize", "digits_cnn.onnx", "--calib", "digits_calib.npz", "--json")
 
-    row = re.search(r"│ output cosine\s*│\s*│\s*([0-9.]+)\s*│ quantize", shown.stdout)
+    row = re.search(r"│ held-out cosine\s*│\s*│\s*([0-9.]+)\s*│ quantize", shown.stdout)
     assert row, shown.stdout
-    cosine = json.loads(data.stdout)["metrics"]["quantize"]["output_cosine"]
+    cosine = json.loads(data.stdout)["metrics"]["quantize"]["held-out cosine"]
     assert float(row.group(1)) == pytest.approx(cosine, abs=1e-6)
     assert cosine > 0.999
 

@@ -105,7 +105,7 @@ def recursive_function() -> onnx.ModelProto:
 def negative_input_dim() -> onnx.ModelProto:
     return _model(
         [helper.make_node("Relu", ["x"], ["y"])],
-        [tensor_info("x", TensorProto.FLOAT, [-1, 16])],
+        [tensor_info("x", TensorProto.FLOAT, [-2, 16])],  # -1 is read as dynamic
         [Y16],
     )
 

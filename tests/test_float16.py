@@ -22,7 +22,7 @@ def _converted(proto: onnx.ModelProto, spec: str = "float16") -> tuple[onnx.Mode
     result = optimize(proto, spec)
     converted = result.model.to_proto()
     onnx.checker.check_model(converted, full_check=True)
-    return converted, result.report.passes[0].notes
+    return converted, result.report.passes[-1].notes
 
 
 def _ops(proto: onnx.ModelProto) -> Counter:

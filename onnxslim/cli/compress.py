@@ -33,6 +33,7 @@ from onnxslim.cli.shell import (
     ModelArgument,
     OutputArgument,
     OutputOption,
+    PrepareOption,
     QuietOption,
     app,
     guarded,
@@ -86,9 +87,8 @@ COMMANDS = (
         "Remove the least important channels of MODEL's layers.",
         suffix="pruned",
         flags={"global_ranking": ("--global-ranking/--no-global-ranking", "--global")},
-        # Constants first, so that Constant nodes are initializers the pass can rewrite; the
-        # lossless pipeline after, which folds the BatchNormalizations that bn-scale scored.
-        before="fold-constants",
+        # The pass prepares the graph itself (PruneChannels.prepare_steps); the lossless
+        # pipeline after folds the BatchNormalizations that bn-scale scored.
         after="default",
     ),
     PassCommand(
@@ -122,7 +122,16 @@ COMMANDS = (
     ),
 )
 
-_COMMON = {"model", "output_argument", "output", "input_shape", "as_json", "quiet", "debug"}
+_COMMON = {
+    "model",
+    "output_argument",
+    "output",
+    "input_shape",
+    "prepare",
+    "as_json",
+    "quiet",
+    "debug",
+}
 
 
 def cli_flags(command: PassCommand, option: OptionSpec) -> tuple[str, ...]:
@@ -237,6 +246,7 @@ def register_pass_command(command: PassCommand, into: typer.Typer = app) -> None
             for o in options
         ),
         _parameter("input_shape", FixShapeOption, []),
+        _parameter("prepare", PrepareOption, True),
         _parameter("as_json", JsonOption, False),
         _parameter("quiet", QuietOption, False),
         _parameter("debug", DebugOption, False),
@@ -313,6 +323,7 @@ def _run(
             quiet=values["quiet"],
             passes=steps,
             input_shapes=parse_input_shapes(shapes) if shapes else None,
+            prepare=values["prepare"],
             require_change=command.pass_name,
             wording=lambda text: in_cli_terms(text, command),
         )

@@ -178,6 +178,14 @@ InputShapeOption = Annotated[
         "input:1,3,224,224 (repeatable).",
     ),
 ]
+PrepareOption = Annotated[
+    bool,
+    typer.Option(
+        "--prepare/--no-prepare",
+        help="Run the lossless pipeline before the pass, which turns an export's weights "
+        "behind Transpose, Cast and Constant nodes into initializers it can read.",
+    ),
+]
 FixShapeOption = Annotated[
     list[str],
     typer.Option(

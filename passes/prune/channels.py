@@ -30,7 +30,7 @@ from onnxslim.checking import check_model
 from onnxslim.errors import InvalidModelError, PipelineSpecError
 from onnxslim.model import Model, all_constants, copy_graph, stub_proto
 from onnxslim.pipeline import Pass, PassContext
-from onnxslim.registry import register_pass
+from onnxslim.registry import DEFAULT_PIPELINE, register_pass
 from onnxslim.shapes import infer_shapes
 from onnxslim.summary import estimate_flops
 
@@ -52,6 +52,7 @@ class PruneChannels(Pass):
     """
 
     lossless = False
+    prepare = DEFAULT_PIPELINE
 
     ratio: float = 0.5
     """Share of each group's channels to remove, in [0, 1)."""
@@ -77,6 +78,13 @@ class PruneChannels(Pass):
             raise PipelineSpecError(
                 "prune-channels: criterion=activation needs calibration inputs: calib=PATH.npz"
             )
+
+    def prepare_steps(self) -> str | None:
+        """The default pipeline, without fuse-batchnorm when BatchNorm scales are the
+        criterion (folding them would leave nothing to score)."""
+        if self.criterion == "bn-scale":
+            return DEFAULT_PIPELINE.replace(",fuse-batchnorm", "")
+        return DEFAULT_PIPELINE
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         # Work on a copy (weights are shared, not copied): a graph the surgery cannot make

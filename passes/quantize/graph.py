@@ -21,6 +21,9 @@ kernels, so that the Q/DQ pairs cost nothing and the integer math pays:
   dequantized.
 * int4 weights of MatMul are block-wise along K (opset-21 DequantizeLinear with
   ``block_size``), the pattern onnxruntime fuses into MatMulNBits.
+* A weight that reaches its layer through view ops (``Transpose(W)``, ``Cast(W_fp16)``...; see
+  ``layers.WeightSource``) is stored as the layer sees it, so the DequantizeLinear feeds the
+  layer directly and the views go with the float weight.
 
 A tensor read by several nodes gets one Q/DQ pair that all of them share. Names of the
 model's tensors are kept: the DequantizeLinear writes the original name, so a layer's output
@@ -29,14 +32,13 @@ can be compared with the float model's by name.
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnxslim.passes.quantize.layers import Layer, WeightSource, is_float_variable
 from onnxslim.passes.quantize.numerics import (
     QuantParams,
     QuantType,
@@ -53,56 +55,23 @@ from onnxslim.rewrite import STANDARD_DOMAINS, fresh_name
 from onnxslim.validate import sqnr_db
 
 __all__ = [
-    "DEFAULT_OPS",
-    "WEIGHT_OPS",
-    "Layer",
     "WeightConfig",
-    "find_layers",
     "mark_activations",
+    "resolve_params",
     "QuantizedWeight",
     "WeightCache",
     "insert_qdq",
+    "layer_weight",
+    "GraphBuilder",
     "LayerResult",
 ]
 
-# Ops quantize knows how to place Q/DQ around; `ops=` picks among them.
-DEFAULT_OPS = (
-    "Conv",
-    "Gemm",
-    "MatMul",
-    "Gather",
-    "Add",
-    "Mul",
-    "Concat",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-)
-WEIGHT_OPS = ("Conv", "Gemm", "MatMul", "Gather")
 _MOVEMENT_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool")
 # Ops whose quantized output keeps its input's scale and zero point.
 _SAME_SCALE_OUTPUT = ("MaxPool",)
 _FLOAT32 = np.dtype(np.float32)
 # Ops whose integer kernels in onnxruntime can write float outputs directly.
 _FLOAT_OUTPUT_KERNELS = ("MatMul", "Gemm")
-
-
-@dataclass
-class Layer:
-    """A node to quantize, named by its first output (unique, unlike node names).
-
-    ``weight`` is the input index of its constant weight and ``axis`` that weight's output
-    channel axis (None: per tensor); ``activations`` are the indices of its float inputs.
-    """
-
-    key: str
-    node: gs.Node
-    weight: int | None = None
-    axis: int | None = None
-    block_axis: int | None = None
-    bias: int | None = None
-    activations: list[int] = field(default_factory=list)
-    operand: bool = False  # the weight is an elementwise operand, stored like an activation
 
 
 @dataclass(frozen=True)
@@ -112,94 +81,6 @@ class WeightConfig:
     qtype: QuantType
     per_channel: bool = True
     block_size: int = 32
-
-
-def _is_float_variable(tensor: gs.Tensor) -> bool:
-    return isinstance(tensor, gs.Variable) and tensor.dtype == _FLOAT32
-
-
-def _float_constant(tensor: gs.Tensor) -> bool:
-    return isinstance(tensor, gs.Constant) and tensor.dtype == _FLOAT32
-
-
-def _present(node: gs.Node, index: int) -> bool:
-    return index < len(node.inputs) and bool(node.inputs[index].name)
-
-
-def _excluded(node: gs.Node, key: str, patterns: Iterable[str]) -> bool:
-    names = [name for name in (node.name, key) if name]
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns for name in names)
-
-
-def _layer_of(node: gs.Node, static: bool) -> Layer | None:
-    """The Layer for ``node``, or None where quantize has nothing to do with it."""
-    if node.domain not in STANDARD_DOMAINS or not node.outputs or not node.outputs[0].name:
-        return None
-    key = node.outputs[0].name
-    float_inputs = [i for i, t in enumerate(node.inputs) if _is_float_variable(t)]
-    op = node.op
-    if op == "Conv" and len(node.inputs) > 1 and _float_constant(node.inputs[1]):
-        if node.inputs[1].shape is None or len(node.inputs[1].shape) < 3 or 0 not in float_inputs:
-            return None
-        bias = 2 if _present(node, 2) and _float_constant(node.inputs[2]) else None
-        return Layer(key, node, 1, 0, 1, bias, [0])
-    if op == "Gemm" and len(node.inputs) > 1 and _float_constant(node.inputs[1]):
-        if 0 not in float_inputs or node.attrs.get("transA", 0):
-            return None
-        trans_b = bool(node.attrs.get("transB", 0))
-        channels = node.inputs[1].shape[0 if trans_b else 1]
-        bias = None
-        if _present(node, 2) and _float_constant(node.inputs[2]):
-            plain = node.attrs.get("alpha", 1.0) == 1.0 and node.attrs.get("beta", 1.0) == 1.0
-            if plain and tuple(node.inputs[2].shape) == (channels,):
-                bias = 2
-        return Layer(key, node, 1, 0 if trans_b else 1, 1 if trans_b else 0, bias, [0])
-    if op == "MatMul" and len(node.inputs) == 2:
-        if _float_constant(node.inputs[1]) and 0 in float_inputs:
-            rank = len(node.inputs[1].shape or ())
-            axis = rank - 1 if rank >= 2 else None
-            return Layer(key, node, 1, axis, rank - 2 if rank >= 2 else None, None, [0])
-        if static and float_inputs == [0, 1]:
-            return Layer(key, node, activations=[0, 1])
-        return None
-    if op == "Gather" and _float_constant(node.inputs[0]):
-        rank = len(node.inputs[0].shape or ())
-        if rank < 1:
-            return None
-        axis = int(node.attrs.get("axis", 0)) % rank
-        return Layer(key, node, 0, None if static else axis, rank - 1, None, [])
-    if not static or not _is_float_variable(node.outputs[0]):
-        return None
-    if op in ("Add", "Mul", "Concat") and float_inputs and len(float_inputs) == len(node.inputs):
-        return Layer(key, node, activations=float_inputs)
-    if op in ("Add", "Mul") and len(node.inputs) == 2 and len(float_inputs) == 1:
-        index = 1 - float_inputs[0]
-        operand = node.inputs[index]
-        if _float_constant(operand) and np.isfinite(read_constant(operand)).all():
-            return Layer(key, node, index, activations=float_inputs, operand=True)
-    pools = ("MaxPool", "AveragePool", "GlobalAveragePool")
-    if op in pools and float_inputs == [0] and len(node.outputs) == 1:
-        return Layer(key, node, activations=[0])
-    return None
-
-
-def find_layers(
-    graph: gs.Graph, ops: Iterable[str], exclude: Iterable[str], static: bool
-) -> tuple[list[Layer], list[str]]:
-    """The layers to quantize, in graph order, and the keys of those that ``exclude`` names."""
-    wanted, patterns = set(ops), list(exclude)
-    layers, excluded = [], []
-    for node in graph.nodes:
-        if node.op not in wanted:
-            continue
-        layer = _layer_of(node, static)
-        if layer is None:
-            continue
-        if _excluded(node, layer.key, patterns):
-            excluded.append(layer.key)
-        else:
-            layers.append(layer)
-    return layers, excluded
 
 
 def _sole_relu(tensor: gs.Tensor, graph_outputs: set[int]) -> gs.Node | None:
@@ -222,7 +103,7 @@ def mark_activations(graph: gs.Graph, layers: list[Layer]) -> dict[str, str | No
     marks: dict[str, str | None] = {}
 
     def mark(tensor: gs.Tensor, alias: str | None = None) -> None:
-        if not _is_float_variable(tensor):
+        if not is_float_variable(tensor):
             return
         producer = tensor.inputs[0] if tensor.inputs else None
         if id(tensor) in outputs and producer is not None and producer.op in _FLOAT_OUTPUT_KERNELS:
@@ -276,20 +157,20 @@ class QuantizedWeight:
 
 
 class WeightCache:
-    """Quantized weights by (constant name, layout), so that the accuracy guard, which builds
-    the model many times, quantizes each weight once."""
+    """Quantized weights by (weight, layout), so that the accuracy guard, which builds the
+    model several times, quantizes each weight once."""
 
     def __init__(self) -> None:
         self._entries: dict[tuple, QuantizedWeight] = {}
 
     def get(
-        self, constant: gs.Constant, config: WeightConfig, axis: int | None, block: int | None
+        self, source: WeightSource, config: WeightConfig, axis: int | None, block: int | None
     ) -> QuantizedWeight:
         blockwise = config.qtype.name == "int4" and block is not None
         layout = (block, config.block_size) if blockwise else (axis if config.per_channel else None)
-        key = (constant.name, config, layout)
+        key = (source.key, config, layout)
         if key not in self._entries:
-            weights = read_constant(constant)
+            weights = source.values()
             if blockwise:
                 params = blockwise_params(weights, config.qtype, block, config.block_size)
             else:
@@ -303,7 +184,7 @@ class WeightCache:
 # ------------------------------------------------------------------------------- rewriting
 
 
-class _Builder:
+class GraphBuilder:
     """Creates Q/DQ nodes and their constants with names that are free in the graph."""
 
     def __init__(self, graph: gs.Graph) -> None:
@@ -332,13 +213,20 @@ class _Builder:
             return [scale]
         return [scale, self.constant(f"{base}_zero_point", params.zero_point)]
 
-    def node(self, op: str, base: str, inputs, outputs, params: QuantParams) -> None:
-        attrs = {}
-        if params.axis is not None and params.scale.ndim:
+    def node(
+        self, op: str, base: str, inputs, outputs, params: QuantParams | None = None, **attrs
+    ) -> gs.Node:
+        """A new node named after ``base``; ``params`` sets a Q/DQ's axis and block size."""
+        if params is not None and params.axis is not None and params.scale.ndim:
             attrs["axis"] = int(params.axis)
-        if params.block_size is not None:
+        if params is not None and params.block_size is not None:
             attrs["block_size"] = int(params.block_size)
-        self.nodes.append(gs.Node(op, self.name(base), attrs, inputs, outputs))
+        node = gs.Node(op, self.name(base), attrs, inputs, outputs)
+        self.nodes.append(node)
+        return node
+
+    def variable(self, base: str, dtype=_FLOAT32, shape=None) -> gs.Variable:
+        return gs.Variable(self.name(base), dtype, shape)
 
     def dequantized(self, base: str, q: gs.Constant, params: QuantParams, like: gs.Tensor):
         output = gs.Variable(self.name(f"{base}_dequantized"), _FLOAT32, like.shape)
@@ -410,40 +298,29 @@ def insert_qdq(
     cache: WeightCache,
 ) -> list[LayerResult]:
     """Quantize the weights of ``layers`` and put Q/DQ on the ``marks`` tensors, in place."""
-    builder = _Builder(graph)
+    builder = GraphBuilder(graph)
     tensors = graph.tensors()
     weight_params: dict[str, QuantParams] = {}
     dequantized: dict[tuple, gs.Variable] = {}
     results, with_weights = [], []
     static = bool(marks)
-    operand_config = _operand_config(activation_params)
     for layer in layers:
         node = layer.node
         sqnr = None
-        layer_config = operand_config if layer.operand else config
-        if layer.weight is not None and layer_config is not None:
-            constant = node.inputs[layer.weight]
-            axis = layer.axis if not (static and node.op == "Gather") else None
-            weight = cache.get(constant, layer_config, axis, layer.block_axis)
-            key = (constant.name, id(weight))
+        weight = layer_weight(layer, config, activation_params, static, cache)
+        if weight is not None:
+            source = layer.source
+            key = (source.key, id(weight))
             if key not in dequantized:
-                q = builder.constant(
-                    f"{constant.name}_quantized", weight.values, layer_config.qtype
-                )
-                dequantized[key] = builder.dequantized(constant.name, q, weight.params, constant)
+                q = builder.constant(f"{source.name}_quantized", weight.values, weight.params.qtype)
+                dequantized[key] = builder.dequantized(source.name, q, weight.params, source.tensor)
             node.inputs[layer.weight] = dequantized[key]
-            weight_params[constant.name] = weight.params
+            weight_params[source.tensor.name] = weight.params
             with_weights.append((layer, weight.params))
             sqnr = weight.sqnr
         results.append(LayerResult(layer.key, node.op, sqnr))
 
-    resolved: dict[str, QuantParams] = {}
-    for name, alias in marks.items():  # in graph order: an alias's source comes first
-        params = activation_params.get(name) if alias is None else None
-        if alias is not None:
-            params = resolved.get(alias) or weight_params.get(alias)
-        if params is not None:
-            resolved[name] = params
+    resolved = resolve_params(marks, activation_params, weight_params)
     for layer, params in with_weights:
         _quantize_bias(builder, layer, params, resolved)
 
@@ -461,6 +338,43 @@ def insert_qdq(
     return results
 
 
+def resolve_params(
+    marks: dict[str, str | None],
+    activation_params: dict[str, QuantParams],
+    weight_params: dict[str, QuantParams] | None = None,
+) -> dict[str, QuantParams]:
+    """The parameters each marked tensor is quantized with: its own calibrated ones, or those
+    of the tensor (or Gather table) it is an alias of. Tensors without any stay float."""
+    weight_params = weight_params or {}
+    resolved: dict[str, QuantParams] = {}
+    for name, alias in marks.items():  # in graph order: an alias's source comes first
+        params = activation_params.get(name) if alias is None else None
+        if alias is not None:
+            params = resolved.get(alias) or weight_params.get(alias)
+        if params is not None:
+            resolved[name] = params
+    return resolved
+
+
+def layer_weight(
+    layer: Layer,
+    config: WeightConfig,
+    activation_params: dict[str, QuantParams],
+    static: bool,
+    cache: WeightCache,
+) -> QuantizedWeight | None:
+    """``layer``'s quantized weight as ``insert_qdq`` stores it: ``config`` for weights,
+    the activations' type per tensor for Add/Mul operands (and Gather tables when activations
+    are quantized, so that the Gather output can keep the table's parameters)."""
+    if layer.source is None:
+        return None
+    layer_config = _operand_config(activation_params) if layer.operand else config
+    if layer_config is None:
+        return None
+    axis = layer.axis if not (static and layer.op == "Gather") else None
+    return cache.get(layer.source, layer_config, axis, layer.block_axis)
+
+
 def _operand_config(activation_params: dict[str, QuantParams]) -> WeightConfig | None:
     """Constant operands of Add/Mul take the activations' type (integer kernels want both
     inputs alike), per tensor; None when no activation is quantized."""
@@ -469,7 +383,7 @@ def _operand_config(activation_params: dict[str, QuantParams]) -> WeightConfig |
 
 
 def _quantize_bias(
-    builder: _Builder,
+    builder: GraphBuilder,
     layer: Layer,
     weight: QuantParams,
     activation_params: dict[str, QuantParams],

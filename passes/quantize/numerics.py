@@ -100,9 +100,10 @@ def weight_params(weights: np.ndarray, qtype: QuantType, axis: int | None) -> Qu
     correction of the weights); uint8 is asymmetric.
     """
     reduce_axes = tuple(a for a in range(weights.ndim) if a != axis) if axis is not None else None
-    values = weights.astype(np.float64)
+    values = np.asarray(weights)  # min, max and |x| are exact in the weights' own type
     if qtype.qmin < 0:
         absmax = np.abs(values).max(axis=reduce_axes) if values.size else np.float64(0)
+        absmax = np.asarray(absmax, dtype=np.float64)
         scale = _symmetric_scale(np.asarray(absmax), qtype)
         zero_point = np.zeros(scale.shape, dtype=qtype.storage)
     else:
@@ -141,17 +142,19 @@ def _expanded(values: np.ndarray, params: QuantParams, shape: tuple[int, ...]) -
 
 
 def quantize(values: np.ndarray, params: QuantParams) -> np.ndarray:
-    """``values`` as integers (unpacked, in ``params.qtype.storage``)."""
-    scale = _expanded(params.scale.astype(np.float64), params, values.shape)
-    zero_point = _expanded(params.zero_point.astype(np.float64), params, values.shape)
-    q = np.round(values.astype(np.float64) / scale) + zero_point
+    """``values`` as integers (unpacked, in ``params.qtype.storage``), computed in float32 as
+    QuantizeLinear does (float64 for int32 biases, whose range float32 cannot hold exactly)."""
+    work = np.float64 if params.qtype.qmax > 2**16 else np.float32
+    scale = _expanded(params.scale.astype(work), params, values.shape)
+    zero_point = _expanded(params.zero_point.astype(work), params, values.shape)
+    q = np.round(np.asarray(values, dtype=work) / scale) + zero_point
     return np.clip(q, params.qtype.qmin, params.qtype.qmax).astype(params.qtype.storage)
 
 
 def dequantize(q: np.ndarray, params: QuantParams) -> np.ndarray:
-    scale = _expanded(params.scale.astype(np.float64), params, q.shape)
-    zero_point = _expanded(params.zero_point.astype(np.float64), params, q.shape)
-    return ((q.astype(np.float64) - zero_point) * scale).astype(np.float32)
+    scale = _expanded(params.scale.astype(np.float32), params, q.shape)
+    zero_point = _expanded(params.zero_point.astype(np.float32), params, q.shape)
+    return (q.astype(np.float32) - zero_point) * scale
 
 
 def bias_params(input_scale: np.ndarray, weight_scale: np.ndarray) -> QuantParams:

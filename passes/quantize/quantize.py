@@ -1,18 +1,25 @@
-"""quantize: integer weights and activations through QuantizeLinear/DequantizeLinear.
+"""quantize: integer weights and activations, checked against a quality floor.
 
-The pass stores weights as integer initializers (the file really shrinks) and, unless
-``activations=none``, wraps activations in Q/DQ pairs whose ranges come from streaming
-calibration (:mod:`onnxslim.calibration`). Placement (see ``graph``) follows the
-patterns onnxruntime's CPU provider fuses into QLinearConv, QLinearMatMul, QGemm,
-QLinearAdd and MatMulNBits.
+The pass stores weights as integer initializers (the file really shrinks) and quantizes
+activations in one of three ways:
 
-BatchNormalization is folded into the convolutions first (the ``fuse-batchnorm`` pass), so
-that the folded weights, not the unfolded ones, are what gets quantized.
+* ``dynamic``: ranges measured per input at run time (``dynamic``); the form onnxruntime fuses
+  into DynamicQuantizeMatMul, robust to the activation outliers of trained transformers;
+* static (``uint8``, ``int8``, ``int16``): Q/DQ pairs with ranges from streaming calibration
+  (:mod:`onnxslim.calibration`), placed where onnxruntime fuses them into QLinearConv,
+  QLinearMatMul, QGemm, QLinearAdd... (see ``graph``);
+* ``none``: weights only.
 
-The accuracy guard (``target_cosine=``) measures, on calibration samples, the cosine
-similarity of the quantized model's outputs with the float model's. Below the target, it ranks
-layers by how much keeping each one float helps and keeps the most sensitive ones float until
-the target is met; the per-layer table says which.
+``auto`` (the default) picks ``dynamic`` for transformers and static uint8 for the rest
+(``scheme``). ``smooth=alpha`` migrates activation outliers into the weights first
+(SmoothQuant, ``smooth``), exactly in float.
+
+Whatever the scheme, the result is measured on samples held out of calibration (``evaluate``):
+cosine similarity with the float model's outputs, top-1 agreement for classifiers. Below the
+floor (``min_cosine``, ``min_top1``) the accuracy guard keeps the most sensitive layers float
+until it holds (``guard``: sensitivity from one extra run); when nothing short of keeping
+the whole model float holds, the pass raises QualityFloorError and nothing is written. A model
+that is already quantized is refused unless ``requantize=true``.
 
 Example spec: ``quantize(calib=fixtures/digits_calib.npz, calibration=percentile)``.
 """
@@ -30,66 +37,123 @@ from typing import Literal
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnxslim.passes.fusions import FuseBatchNorm
+from onnxslim.passes.convert_opset import ConversionError, convert
 from onnxslim.passes.infer_shapes import InferShapes
+from onnxslim.passes.quantize.dynamic import insert_dynamic, supports_dynamic
+from onnxslim.passes.quantize.evaluate import (
+    BATCH,
+    HELD_OUT_MAX,
+    HeldOut,
+    Quality,
+    QualityFloor,
+    ShapesChanged,
+    classifier_outputs,
+    split_held_out,
+)
 from onnxslim.passes.quantize.graph import (
-    DEFAULT_OPS,
-    Layer,
     LayerResult,
     WeightCache,
     WeightConfig,
-    find_layers,
     insert_qdq,
+    layer_weight,
     mark_activations,
+    resolve_params,
 )
+from onnxslim.passes.quantize.guard import add_shadows, keep_float_until
+from onnxslim.passes.quantize.layers import DEFAULT_OPS, Layer, find_layers
 from onnxslim.passes.quantize.numerics import QUANT_TYPES, QuantParams, QuantType, activation_params
 from onnxslim.passes.quantize.opset import raise_to_opset21, set_opset
+from onnxslim.passes.quantize.scheme import choose_activations
+from onnxslim.passes.quantize.smooth import smooth, smoothing_groups
 
 from onnxslim.calibration import (
     CALIBRATION_METHODS,
     TensorStats,
-    batched,
     calibrate,
     calibration_samples,
 )
-from onnxslim.errors import InputDataError, InvalidModelError, OnnxSlimError, PipelineSpecError
-from onnxslim.inputs import input_specs
-from onnxslim.model import copy_graph, read_constant, to_proto
+from onnxslim.errors import (
+    InputDataError,
+    InvalidModelError,
+    OnnxSlimError,
+    PipelineSpecError,
+    QualityFloorError,
+)
+from onnxslim.model import Model, copy_graph, iter_graphs, read_constant, to_proto
 from onnxslim.pipeline import Pass, PassContext
-from onnxslim.registry import register_pass
-from onnxslim.runtime import open_session, run
-from onnxslim.validate import cosine_similarity, sqnr_db
+from onnxslim.registry import DEFAULT_PIPELINE, register_pass
 
-__all__ = ["Quantize"]
+__all__ = ["Quantize", "AlreadyQuantizedError", "QUANTIZED_OPS"]
 
 # A tensor whose range reaches beyond this holds sentinels (attention masks of -3.4e38), whose
 # quantization step would swallow every real value beside them.
 _SENTINEL = 1e6
-_GUARD_SAMPLES = 16  # samples the accuracy guard and the per-layer report evaluate on
-_TABLE_COLUMNS = ["layer", "op", "weights", "weight SQNR dB", "output SQNR dB", "kept"]
+_TABLE_COLUMNS = [
+    "layer",
+    "op",
+    "weights",
+    "weight SQNR dB",
+    "layer SQNR dB",
+    "output SQNR dB",
+    "kept",
+]
+# Ops that mark a model as quantized already.
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulNBits",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "QGemm",
+    }
+)
+_WORST_SHOWN = 5
+_MIN_COSINE = 0.99
+_INT4_MIN_COSINE = 0.90
+# The SmoothQuant alpha tried when a transformer's dynamic result misses the floor (high:
+# dynamic ranges absorb outliers per input, so most of them may move into the weights).
+_AUTO_SMOOTH = 0.8
+_SMOOTH_SAMPLES = 64  # calibration samples the per-channel ranges for smoothing come from
+
+
+class AlreadyQuantizedError(OnnxSlimError):
+    """The model already holds quantized ops; quantizing it again would stack the errors of
+    both quantizations (exit code 2, as for any input the command cannot take)."""
 
 
 @register_pass("quantize")
 class Quantize(Pass):
-    """Quantize weights (int8/uint8/int4/int16) and activations with Q/DQ pairs that
-    onnxruntime fuses into integer kernels, calibrated on data, with an accuracy guard.
+    """Quantize weights and activations to integers that onnxruntime runs as integer kernels,
+    and check the result against a quality floor on held-out samples.
 
     ``weights``: int8 (symmetric, per output channel), uint8, int16 (opset 21), int4
-    (block-wise with ``block_size``, opset 21; MatMul becomes MatMulNBits). ``activations``:
-    uint8, int8, int16 or none (weight-only: no calibration). ``calibration``: minmax,
-    percentile (``percentile=``) or entropy over ``samples`` samples of ``calib`` (a .npz or a
-    folder of .npy/.npz; random inputs with a warning when absent). ``ops`` limits the op
-    types, ``exclude`` skips layers by node or output name (fnmatch patterns),
-    ``reduce_range`` uses 7-bit weights, ``target_cosine`` keeps the most sensitive layers
-    float until the outputs reach that cosine similarity with the float model.
+    (block-wise with ``block_size``; MatMul becomes MatMulNBits; the opset is raised to 21).
+    ``activations``: auto (dynamic for transformers, uint8 otherwise), dynamic (ranges per
+    input at run time), uint8, int8, int16 (calibrated) or none (weight-only). ``calibration``:
+    minmax, percentile (``percentile=``) or entropy over ``samples`` samples of ``calib`` (a
+    .npz or a folder of .npy/.npz; random inputs with a warning when absent); samples beyond
+    those, or the last quarter, are held out to measure the result. ``smooth=alpha`` migrates
+    activation outliers into the weights first (SmoothQuant; 0.5 is typical). ``min_cosine``
+    and ``min_top1`` are the floor (classifiers are judged by top-1 agreement); below it the
+    most sensitive layers stay float (``guard=false``: fail at once). ``ops``, ``exclude``
+    (fnmatch patterns of node or output names), ``per_channel``, ``reduce_range`` (7-bit
+    weights) refine; ``requantize=true`` quantizes what is still float in a quantized model.
     """
 
     lossless = False
+    prepare = DEFAULT_PIPELINE
 
     weights: Literal["int8", "uint8", "int4", "int16"] = "int8"
     """Weight type: int8 (symmetric), uint8, int16 (opset 21) or int4 (block-wise)."""
-    activations: Literal["uint8", "int8", "int16", "none"] = "uint8"
-    """Activation type, or none for weight-only quantization (no calibration)."""
+    activations: Literal["auto", "dynamic", "uint8", "int8", "int16", "none"] = "auto"
+    """Activation scheme: auto (static uint8, else dynamic, whichever meets the floor),
+    dynamic (per-batch ranges at run time), a static type, or none (weight-only)."""
     calibration: Literal["minmax", "percentile", "entropy"] = "minmax"
     """How activation ranges are chosen from the calibration data."""
     percentile: float = 99.99
@@ -108,88 +172,91 @@ class Quantize(Pass):
     """7-bit weights, for CPUs without VNNI."""
     block_size: int = 32
     """int4 block size (a power of two, 16 or more for MatMulNBits)."""
-    target_cosine: float | None = None
-    """Keep the most sensitive layers float until the outputs reach this cosine."""
+    smooth: float | None = None
+    """SmoothQuant strength alpha in [0, 1]: move activation outliers into the weights."""
+    min_cosine: float | None = None
+    """Quality floor: held-out output cosine with the float model (default 0.99, int4 0.90)."""
+    min_top1: float | None = 0.98
+    """Quality floor: held-out top-1 agreement, for classifier-like outputs."""
+    guard: bool = True
+    """Keep the least accurate layers float until the floor is met (else fail)."""
+    requantize: bool = False
+    """Quantize what is still float in an already quantized model."""
     seed: int = 0
     """Seed for synthesized calibration inputs."""
 
     def __post_init__(self) -> None:
         self._check_options()
 
+    def floor(self) -> QualityFloor:
+        """The quality the result must keep: ``min_cosine`` (by default 0.99, or 0.90 for
+        int4 weights, whose 16 levels cannot do better on most layers) and ``min_top1``."""
+        default = _INT4_MIN_COSINE if self.weights == "int4" else _MIN_COSINE
+        return QualityFloor(default if self.min_cosine is None else self.min_cosine, self.min_top1)
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
-        static = self.activations != "none"
-        weight_type = QUANT_TYPES[self.weights]
-        if self.reduce_range and self.weights in ("int8", "uint8"):
-            weight_type = weight_type.reduced()
-        activation_type = QUANT_TYPES[self.activations] if static else None
-        if graph.opset < 13:
-            ctx.log(f"opset {graph.opset} has no per-channel DequantizeLinear (13+): not quantized")
+        self._refuse_quantized(graph)
+        original = copy_graph(graph)
+        versions = (int(graph.opset), int(ctx.model.shell.ir_version))
+
+        def untouched(reason: str) -> bool:
+            ctx.log(reason)
+            graph.nodes, graph.inputs, graph.outputs = (
+                original.nodes,
+                original.inputs,
+                original.outputs,
+            )
+            set_opset(graph, ctx.model, *versions)
             return False
-        needs_opset21 = weight_type.needs_opset21 or (static and activation_type.needs_opset21)
-        needs_opset21 = needs_opset21 and graph.opset < 21
-        before = (int(graph.opset), int(ctx.model.shell.ir_version))
-        if needs_opset21:
-            blocker = raise_to_opset21(graph, ctx.model)
-            if blocker:
-                ctx.log(f"{self.weights}/{self.activations} need opset 21: {blocker}")
-                return False
-            ctx.log("opset raised to 21 (int4 and int16 Q/DQ)")
 
-        fused = FuseBatchNorm().run(graph, ctx)
-        if fused:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
         InferShapes().run(graph, ctx)
-        layers, excluded = find_layers(graph, self.ops, self.exclude, static)
+        candidates, _ = find_layers(graph, self.ops, self.exclude, static=False)
+        activations, reason = self._scheme(graph, candidates)
+        if not self._opset_for(activations, graph, ctx):
+            return untouched(f"not quantized: {ctx.notes.pop()}")
+        layers, excluded = self._layers(graph, activations)
+        if activations == "dynamic":
+            unsupported = [k for k in _keys(candidates) if k not in _keys(layers)]
+            if unsupported:
+                ctx.log(
+                    f"{len(unsupported)} layer(s) have no dynamic integer kernel and stay float "
+                    f"(use activations=uint8 for them): {', '.join(unsupported[:_WORST_SHOWN])}"
+                )
         if not layers:
-            ctx.log("no layer to quantize (ops: " + ", ".join(self.ops) + ")")
-            set_opset(graph, ctx.model, *before)
-            return fused
-
-        float_model = to_proto(ctx.model)
-        keys = [layer.key for layer in layers]
+            return untouched("no layer to quantize (ops: " + ", ".join(self.ops) + ")")
+        floor = self.floor()
         try:
-            samples = self._samples(
-                float_model, ctx, needed=static or self.target_cosine is not None
-            )
-            params: dict[str, QuantParams] = {}
-            if static:
-                params = self._calibrate(float_model, graph, layers, samples, activation_type, ctx)
-            evaluator = _Evaluator(float_model, samples[:_GUARD_SAMPLES], keys) if samples else None
-        except (InputDataError, InvalidModelError) as exc:
+            data = self._data(ctx, activations)
+            attempt = self._attempt(graph, ctx, data, activations, self.smooth)
+            if not attempt.quality.meets(floor) and self._smooth_may_help(activations):
+                retry = self._attempt(graph, ctx, data, activations, _AUTO_SMOOTH)
+                ctx.log(
+                    f"{activations} activations alone: {attempt.quality.describe()}, below the "
+                    f"floor; with smooth={_AUTO_SMOOTH}: {retry.quality.describe()}"
+                )
+                if retry.quality.score(floor) > attempt.quality.score(floor):
+                    attempt = retry
+            if not attempt.quality.meets(floor):
+                self._keep_float(attempt, floor, data, ctx)
+        except _CannotCalibrate as exc:
             if self.calib is not None:
-                raise
-            ctx.log(
+                raise exc.error from None
+            return untouched(
                 "left float: the model cannot run on synthesized calibration inputs "
-                f"({exc}); give calib= data"
+                f"({exc.error}); give calib= data"
             )
-            set_opset(graph, ctx.model, *before)
-            return fused
-        builder = _Builds(
-            graph, ctx, self, WeightConfig(weight_type, self.per_channel, self.block_size), params
-        )
-
-        kept_float: list[str] = []
-        if self.target_cosine is not None:
-            kept_float = self._guard(builder, evaluator, keys, ctx)
-        final, results = builder.build(set(kept_float))
-        try:
-            if evaluator is None:
-                cosine, output_sqnr = None, {}
-                with open_session(final):
-                    pass
-            else:
-                cosine, output_sqnr = evaluator.compare(final)
-        except OnnxSlimError as exc:
-            ctx.log(f"the quantized model does not load in onnxruntime, left float: {exc}")
-            set_opset(graph, ctx.model, *before)
-            return fused
-        except _ShapesChanged as exc:
-            ctx.log(f"quantizing changes what the model computes, left float: {exc}")
-            set_opset(graph, ctx.model, *before)
-            return fused
-        builder.commit()
-        evaluated = min(len(samples), _GUARD_SAMPLES)
-        self._report(ctx, results, excluded, kept_float, output_sqnr, cosine, evaluated)
+        except ShapesChanged as exc:
+            return untouched(f"quantizing changes what the model computes, left float: {exc}")
+        except QualityFloorError:
+            untouched("below the quality floor: nothing quantized")
+            raise
+        except (InputDataError, InvalidModelError) as exc:
+            return untouched(f"the quantized model does not run in onnxruntime, left float: {exc}")
+        attempt.builds.commit(graph)
+        # Shapes in the file let onnxruntime fuse more (SkipLayerNormalization needs them).
+        ctx.model.keep_value_info = True
+        scheme = f"{activations} activations ({reason})" if self.activations == "auto" else ""
+        self._report(ctx, attempt, excluded, scheme)
         return True
 
     # ----------------------------------------------------------------------------- steps
@@ -210,24 +277,174 @@ class Quantize(Pass):
                 f"quantize(block_size={self.block_size}): must be a power of two (16 or more "
                 "for onnxruntime's MatMulNBits)"
             )
-        if self.target_cosine is not None and not 0 < self.target_cosine <= 1:
+        for name in ("min_cosine", "min_top1"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise PipelineSpecError(f"quantize({name}={value}): must be in [0, 1]")
+        if self.smooth is not None and not 0 < self.smooth < 1:
             raise PipelineSpecError(
-                f"quantize(target_cosine={self.target_cosine}): must be in (0, 1]"
+                f"quantize(smooth={self.smooth}): SmoothQuant's alpha must be in (0, 1); "
+                "0.5 is typical"
+            )
+        if self.activations == "dynamic" and self.weights not in ("int8", "uint8"):
+            raise PipelineSpecError(
+                f"quantize(weights={self.weights}, activations=dynamic): dynamic integer "
+                "MatMuls take int8 or uint8 weights; use activations=none for int4/int16"
             )
         if self.calibration not in CALIBRATION_METHODS:  # reachable through the Python API
             raise PipelineSpecError(f"quantize(calibration={self.calibration!r}): unknown method")
 
+    def _refuse_quantized(self, graph: gs.Graph) -> None:
+        found = [n.op for g in iter_graphs(graph) for n in g.nodes if n.op in QUANTIZED_OPS]
+        if found and not self.requantize:
+            raise AlreadyQuantizedError(
+                f"the model is already quantized ({len(found)} {found[0]} and similar nodes): "
+                "quantizing it again would stack quantization errors and grow the file; "
+                "quantize the float original, or give requantize=true to quantize only what "
+                "is still float"
+            )
+
+    def _scheme(self, graph: gs.Graph, layers: list[Layer]) -> tuple[str, str]:
+        if self.activations != "auto":
+            return self.activations, "as asked"
+        if self.weights not in ("int8", "uint8"):
+            return "none", f"{self.weights} weights are weight-only"
+        return choose_activations(graph, layers)
+
+    def _opset_for(self, activations: str, graph: gs.Graph, ctx: PassContext) -> bool:
+        """Raise the opset to what the types need (13 for per-channel DequantizeLinear, 21 for
+        int4 and int16); False, with a note, when the model cannot be raised."""
+        weight_type = QUANT_TYPES[self.weights]
+        needed = 13
+        if weight_type.needs_opset21 or activations == "int16":
+            needed = 21
+        opset = int(graph.opset)
+        if opset >= needed:
+            return True
+        if needed == 21 and raise_to_opset21(graph, ctx.model) is None:
+            ctx.log(f"opset raised from {opset} to 21 for {self.weights}/{activations}")
+            return True
+        try:
+            convert(ctx.model, needed, log=ctx.log)
+        except ConversionError as exc:
+            ctx.log(f"{self.weights}/{activations} need opset {needed}: {exc}")
+            return False
+        ctx.log(f"opset converted from {opset} to {needed} for {self.weights}/{activations}")
+        return True
+
+    def _layers(self, graph: gs.Graph, activations: str) -> tuple[list[Layer], list[str]]:
+        """The layers to quantize under ``activations``, and those ``exclude`` names."""
+        layers, excluded = find_layers(graph, self.ops, self.exclude, static=_static(activations))
+        if activations == "dynamic":
+            layers = [layer for layer in layers if supports_dynamic(layer) or layer.op == "Gather"]
+            for layer in layers:
+                if layer.op == "Gather":
+                    layer.axis = None  # one scale per table: a scale per row costs more file
+        return layers, excluded
+
+    def _smooth_may_help(self, activations: str) -> bool:
+        """Whether to retry a transformer's result with SmoothQuant: only for the scheme that
+        ``auto`` chose, when smoothing was not asked for either way."""
+        return (
+            self.guard
+            and self.activations == "auto"
+            and self.smooth is None
+            and activations == "dynamic"
+        )
+
+    def _data(self, ctx: PassContext, activations: str) -> _Data:
+        """The float model and its samples, split into calibration and held-out ones.
+
+        Dynamic ranges span the whole input, so that scheme is measured one sample at a time,
+        as a batch of one runs it."""
+        float_model = to_proto(ctx.model)
+        try:
+            samples = self._samples(float_model, ctx, calibrated=activations != "none")
+            calibration, held_out, disjoint = split_held_out(samples, self.samples)
+            batch = 1 if activations == "dynamic" else BATCH
+            held = HeldOut(float_model, held_out, batch)
+        except (InputDataError, InvalidModelError) as exc:
+            raise _CannotCalibrate(exc) from exc
+        if not disjoint:
+            ctx.log("one sample only: the result is measured on the calibration sample itself")
+        held.classifiers = classifier_outputs(ctx.model.graph)
+        return _Data(float_model, calibration, held)
+
+    def _attempt(
+        self,
+        graph: gs.Graph,
+        ctx: PassContext,
+        data: _Data,
+        activations: str,
+        alpha: float | None,
+    ) -> _Attempt:
+        """Quantize a copy of ``graph`` (smoothed first with ``alpha``) with every layer, and
+        measure it on the held-out samples."""
+        work = copy_graph(graph)
+        model = dataclasses.replace(ctx.model, graph=work)
+        layers, _ = self._layers(work, activations)
+        float_only: list[str] = []
+        if alpha is not None:
+            float_only = self._smooth(work, data, layers, alpha, ctx)
+            layers, _ = self._layers(work, activations)
+        params: dict[str, QuantParams] = {}
+        if _static(activations):
+            qtype = QUANT_TYPES[activations]
+            source = to_proto(model) if alpha is not None else data.float_model
+            kept = [layer for layer in layers if layer.key not in float_only]
+            params = self._calibrate(source, work, kept, data.calibration, qtype, ctx)
+        weight_type = QUANT_TYPES[self.weights]
+        if self.reduce_range and self.weights in ("int8", "uint8"):
+            weight_type = weight_type.reduced()
+        config = WeightConfig(weight_type, self.per_channel, self.block_size)
+        builds = _Builds(work, model, self, activations, config, params, float_only)
+        keys = [layer.key for layer in layers if layer.key not in float_only]
+        shadows, pairs = builds.shadows()
+        final, results = builds.build(set())
+        quality, local, output_sqnr = data.held.profile(shadows, final, pairs, keys)
+        return _Attempt(builds, keys, activations, alpha, results, quality, local, output_sqnr)
+
     def _samples(
-        self, float_model: onnx.ModelProto, ctx: PassContext, needed: bool
+        self, float_model: onnx.ModelProto, ctx: PassContext, calibrated: bool
     ) -> Sequence[dict[str, np.ndarray]]:
-        if self.calib is None and not needed:
-            return []
-
         def warn(message: str) -> None:
-            ctx.log(message)
-            warnings.warn(message, stacklevel=4)
+            if calibrated:
+                ctx.log(message)
+                warnings.warn(message, stacklevel=5)
+            else:
+                ctx.log(
+                    "no calib data: the result is measured on synthesized inputs (give calib= "
+                    "data for a meaningful check)"
+                )
 
-        return calibration_samples(float_model, self.calib, self.samples, seed=self.seed, warn=warn)
+        count = self.samples + HELD_OUT_MAX
+        return calibration_samples(float_model, self.calib, count, seed=self.seed, warn=warn)
+
+    def _smooth(
+        self,
+        graph: gs.Graph,
+        data: _Data,
+        layers: list[Layer],
+        alpha: float,
+        ctx: PassContext,
+    ) -> list[str]:
+        """Apply SmoothQuant to ``graph`` in place; the keys of the nodes it added (they stay
+        float)."""
+        groups = smoothing_groups(layers)
+        names = [group.tensor.name for group in groups]
+        if not names:
+            ctx.log("smooth: no MatMul/Gemm with a 2-D constant weight to smooth")
+            return []
+        samples = data.calibration[:_SMOOTH_SAMPLES]
+        stats = _calibrated(data.float_model, names, samples, channels=names)
+        smoothed, inserted = smooth(graph, groups, stats, alpha)
+        ctx.log(
+            f"smooth (alpha {alpha}): {len(smoothed)} of {len(groups)} activation(s) have "
+            f"outlier channels and were smoothed, for {sum(len(g.layers) for g in smoothed)} "
+            f"layer(s); {len(smoothed) - len(inserted)} folded into their LayerNormalization, "
+            f"{len(inserted)} through a float Mul"
+        )
+        return [node.outputs[0].name for node in inserted]
 
     def _calibrate(
         self,
@@ -240,21 +457,25 @@ class Quantize(Pass):
     ) -> dict[str, QuantParams]:
         marks = mark_activations(graph, layers)
         names = [name for name, alias in marks.items() if alias is None]
-        stats = calibrate(float_model, names, samples, histograms=self.calibration != "minmax")
+        stats = _calibrated(float_model, names, samples, histograms=self.calibration != "minmax")
         _include_selectable_constants(graph, names, stats)
-        sentinel = [n for n in names if max(-stats[n].minimum, stats[n].maximum) > _SENTINEL]
+        sentinel = [
+            n
+            for n in names
+            if stats[n].nonfinite or max(-stats[n].minimum, stats[n].maximum) > _SENTINEL
+        ]
         # A sum with a sentinel carries it: scores + mask is -3.4e38 wherever the mask is.
         tensors = graph.tensors()
         for name in names:
             producer = tensors[name].inputs[0] if tensors[name].inputs else None
-            carries = producer is not None and producer.op in ("Add", "Sub")
+            carries = producer is not None and producer.op in ("Add", "Sub", "Where")
             if carries and any(t.name in sentinel for t in producer.inputs):
                 sentinel.append(name)
         sentinel = list(dict.fromkeys(sentinel))
         if sentinel:
             ctx.log(
-                f"{len(sentinel)} tensor(s) reach beyond +-{_SENTINEL:g} (mask values, not "
-                f"activations) and stay float: {', '.join(sentinel[:5])}"
+                f"{len(sentinel)} tensor(s) hold infinities or reach beyond +-{_SENTINEL:g} "
+                f"(mask values, not activations) and stay float: {', '.join(sentinel[:5])}"
             )
         # Empty in some sample: a data-dependent size, and onnxruntime's integer kernels crash
         # (segfault) on empty tensors.
@@ -271,70 +492,88 @@ class Quantize(Pass):
         low, high = stats.range(self.calibration, self.percentile)
         return activation_params(low, high, qtype)
 
-    def _guard(
-        self, builder: _Builds, evaluator: _Evaluator, keys: list[str], ctx: PassContext
-    ) -> list[str]:
-        """Keys of the layers to keep float so that the output cosine reaches the target."""
-        target = self.target_cosine
-        cosine = evaluator.cosine(builder.build(set())[0])
-        if cosine >= target:
-            ctx.log(f"accuracy guard: cosine {cosine:.6f} >= {target} with every layer quantized")
-            return []
-        gains = {key: evaluator.cosine(builder.build({key})[0]) for key in keys}
-        ranked = sorted(keys, key=lambda key: gains[key], reverse=True)
-        kept: list[str] = []
-        for key in ranked:
-            kept.append(key)
-            cosine = evaluator.cosine(builder.build(set(kept))[0])
-            if cosine >= target:
-                break
-        verdict = "reached" if cosine >= target else "NOT reached even with all layers float"
-        ctx.log(
-            f"accuracy guard: target cosine {target} {verdict} ({cosine:.6f}); "
-            f"{len(kept)} layer(s) kept float: {', '.join(kept)}"
+    def _keep_float(
+        self, attempt: _Attempt, floor: QualityFloor, data: _Data, ctx: PassContext
+    ) -> None:
+        """Keep the least accurate layers float until ``attempt`` meets ``floor`` (updating
+        it), or raise QualityFloorError."""
+        quality, local = attempt.quality, attempt.local
+        ranked = sorted(attempt.keys, key=lambda key: _finite(local.get(key)))
+        worst = ", ".join(
+            f"{key} ({local[key]:.1f} dB)" for key in ranked[:_WORST_SHOWN] if key in local
         )
-        return kept
+        misses = "; ".join(quality.misses(floor))
+        if not self.guard:
+            raise QualityFloorError(
+                f"quantize: {misses} on {quality.samples} held-out sample(s), below the floor; "
+                f"least accurate layers: {worst}. Nothing written (guard=true keeps such "
+                "layers float)"
+            )
+        builds = attempt.builds
+        found = keep_float_until(
+            ranked, lambda kept: data.held.quality(builds.build(set(kept))[0]), floor
+        )
+        if found is None:
+            raise QualityFloorError(
+                f"quantize: {misses} on {quality.samples} held-out sample(s) with every layer "
+                "quantized, and keeping layers float does not reach the floor short of the "
+                f"whole model; least accurate layers: {worst}. Nothing written: try smooth=0.8, "
+                "activations=dynamic, or a lower min_cosine/min_top1"
+            )
+        ctx.log(
+            f"accuracy guard: {quality.describe()} with every layer quantized, below the floor; "
+            f"{len(found.kept)} layer(s) kept float ({found.evaluations} variants evaluated): "
+            + ", ".join(found.kept)
+        )
+        final, attempt.results = builds.build(set(found.kept))
+        attempt.quality, _, attempt.output_sqnr = data.held.profile(
+            data.float_model, final, {}, attempt.keys
+        )
+        attempt.kept = found.kept
 
     def _report(
-        self,
-        ctx: PassContext,
-        results: list[LayerResult],
-        excluded: list[str],
-        kept_float: list[str],
-        output_sqnr: dict[str, float],
-        cosine: float | None,
-        evaluated: int,
+        self, ctx: PassContext, attempt: _Attempt, excluded: list[str], scheme: str
     ) -> None:
-        kept = set(kept_float)
-        rows = []
-        for result in results:
-            weights = self.weights if result.weight_sqnr is not None else "-"
-            rows.append(
-                [
-                    result.key,
-                    result.op,
-                    weights,
-                    _rounded(result.weight_sqnr),
-                    _rounded(output_sqnr.get(result.key)),
-                    "",
-                ]
-            )
-        rows += [[key, "", "float", None, None, "accuracy guard"] for key in kept_float]
-        rows += [[key, "", "float", None, None, "excluded"] for key in excluded]
+        local, output_sqnr = attempt.local, attempt.output_sqnr
+        rows = [
+            [
+                result.key,
+                result.op,
+                self.weights if result.weight_sqnr is not None else "-",
+                _rounded(result.weight_sqnr),
+                _rounded(local.get(result.key)),
+                _rounded(output_sqnr.get(result.key)),
+                "",
+            ]
+            for result in attempt.results
+        ]
+        rows += [
+            [key, "", "float", None, _rounded(local.get(key)), None, "accuracy guard"]
+            for key in attempt.kept
+        ]
+        rows += [[key, "", "float", None, None, None, "excluded"] for key in excluded]
         ctx.table("quantize: per-layer SQNR (float vs quantized)", _TABLE_COLUMNS, rows)
-        quantized = len(results)
-        mode = f"{self.weights} weights, " + (
-            f"{self.activations} activations ({self.calibration} calibration)"
-            if self.activations != "none"
-            else "weight-only"
-        )
-        summary = f"quantized {quantized} layer(s): {mode}"
-        if kept:
-            summary += f"; {len(kept)} kept float by the accuracy guard"
-        if cosine is not None:
-            summary += f"; output cosine vs float {cosine:.6f} on {evaluated} sample(s)"
-            ctx.metric("output_cosine", cosine)
+        activations = attempt.activations
+        mode = f"{self.weights} weights, " + {
+            "none": "weight-only",
+            "dynamic": "dynamic activations",
+        }.get(activations, f"{activations} activations ({self.calibration} calibration)")
+        if attempt.alpha is not None:
+            mode += f", smoothed (alpha {attempt.alpha})"
+        summary = f"quantized {len(attempt.results)} layer(s): {mode}"
+        if scheme:
+            summary += f"; chosen: {scheme}"
+        if attempt.kept:
+            summary += f"; {len(attempt.kept)} kept float by the accuracy guard"
         ctx.log(summary)
+        quality = attempt.quality
+        ctx.log(f"held-out quality: {quality.describe()}")
+        ctx.metric("scheme", activations + (f"+smooth({attempt.alpha})" if attempt.alpha else ""))
+        ctx.metric("held-out cosine", round(quality.cosine, 6))
+        if quality.top1 is not None:
+            ctx.metric("held-out top-1", round(quality.top1, 6))
+        ctx.metric("held-out samples", quality.samples)
+        ctx.metric("layers kept float", len(attempt.kept))
 
 
 def _rounded(value: float | None) -> float | None:
@@ -343,42 +582,135 @@ def _rounded(value: float | None) -> float | None:
     return round(value, 1)
 
 
+def _finite(value: float | None) -> float:
+    """A SQNR to rank by: a missing or NaN one ranks as the best (nothing known against it)."""
+    return math.inf if value is None or math.isnan(value) else value
+
+
+def _static(activations: str) -> bool:
+    return activations not in ("dynamic", "none")
+
+
+def _keys(layers: list[Layer]) -> list[str]:
+    return [layer.key for layer in layers]
+
+
+class _CannotCalibrate(Exception):
+    """The float model could not run on the calibration data (``error`` says why)."""
+
+    def __init__(self, error: OnnxSlimError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _calibrated(*args, **kwargs) -> dict[str, TensorStats]:
+    """:func:`onnxslim.calibration.calibrate`, its data errors set apart from the rest."""
+    try:
+        return calibrate(*args, **kwargs)
+    except (InputDataError, InvalidModelError) as exc:
+        raise _CannotCalibrate(exc) from exc
+
+
+@dataclasses.dataclass
+class _Data:
+    """The float model, its calibration samples and its held-out ones."""
+
+    float_model: onnx.ModelProto
+    calibration: Sequence[Mapping[str, np.ndarray]]
+    held: HeldOut
+
+
+@dataclasses.dataclass
+class _Attempt:
+    """One way of quantizing the model, measured: how it was built and what it achieved."""
+
+    builds: _Builds
+    keys: list[str]
+    activations: str
+    alpha: float | None
+    results: list[LayerResult]
+    quality: Quality
+    local: dict[str, float]
+    output_sqnr: dict[str, float]
+    kept: list[str] = dataclasses.field(default_factory=list)
+
+
 class _Builds:
-    """Builds quantized variants of the graph (all layers, or some kept float) on copies, and
-    commits the chosen one to the pass's graph."""
+    """Builds quantized variants of the graph (all layers, or some kept float) on copies,
+    the float model with shadows for the guard, and commits the chosen variant."""
 
     def __init__(
         self,
         graph: gs.Graph,
-        ctx: PassContext,
+        model: Model,
         options: Quantize,
+        activations: str,
         config: WeightConfig,
         params: dict[str, QuantParams],
+        float_only: list[str],
     ) -> None:
         self.graph = graph
-        self.ctx = ctx
+        self.model = model
         self.options = options
+        self.activations = activations
+        self.static = activations not in ("dynamic", "none")
         self.config = config
         self.params = params
-        self.static = options.activations != "none"
+        self.float_only = set(float_only)
         self.cache = WeightCache()
         self.last: gs.Graph | None = None
 
+    def _layers(self, graph: gs.Graph, keep_float: set[str]) -> list[Layer]:
+        layers, _ = self.options._layers(graph, self.activations)
+        skipped = keep_float | self.float_only
+        return [layer for layer in layers if layer.key not in skipped]
+
+    def _weight(self, layer: Layer):
+        return layer_weight(layer, self.config, self.params, self.static, self.cache)
+
     def build(self, keep_float: set[str]) -> tuple[onnx.ModelProto, list[LayerResult]]:
         copy = copy_graph(self.graph)
-        layers, _ = find_layers(copy, self.options.ops, self.options.exclude, self.static)
-        layers = [layer for layer in layers if layer.key not in keep_float]
-        marks = mark_activations(copy, layers) if self.static else {}
-        results = insert_qdq(copy, layers, marks, self.params, self.config, self.cache)
+        layers = self._layers(copy, keep_float)
+        if self.activations == "dynamic":
+            dynamic = [layer for layer in layers if supports_dynamic(layer)]
+            tables = [layer for layer in layers if not supports_dynamic(layer)]
+            results = insert_dynamic(copy, dynamic, self.config, self.cache)
+            results += insert_qdq(copy, tables, {}, {}, self.config, self.cache)
+        else:
+            marks = mark_activations(copy, layers) if self.static else {}
+            results = insert_qdq(copy, layers, marks, self.params, self.config, self.cache)
         copy.cleanup(remove_unused_graph_inputs=False)
         self.last = copy
-        return to_proto(dataclasses.replace(self.ctx.model, graph=copy)), results
+        return self._proto(copy), results
 
-    def commit(self) -> None:
-        """Make the pass's graph the last variant built."""
-        self.graph.nodes = self.last.nodes
-        self.graph.inputs = self.last.inputs
-        self.graph.outputs = self.last.outputs
+    def shadows(self) -> tuple[onnx.ModelProto, dict[str, str]]:
+        """The float model with a shadow per layer (see ``guard.add_shadows``)."""
+        copy = copy_graph(self.graph)
+        layers = self._layers(copy, set())
+        if self.activations == "dynamic":
+            dynamic = [layer for layer in layers if supports_dynamic(layer)]
+            tables = [layer for layer in layers if not supports_dynamic(layer)]
+            pairs = add_shadows(copy, dynamic, None, self._weight)
+            pairs |= add_shadows(copy, tables, {}, self._weight)
+        else:
+            marks = mark_activations(copy, layers) if self.static else {}
+            tables = {
+                layer.source.tensor.name: weight.params
+                for layer in layers
+                if layer.op == "Gather" and (weight := self._weight(layer)) is not None
+            }
+            params = resolve_params(marks, self.params, tables)
+            pairs = add_shadows(copy, layers, params, self._weight)
+        return self._proto(copy), pairs
+
+    def _proto(self, graph: gs.Graph) -> onnx.ModelProto:
+        return to_proto(dataclasses.replace(self.model, graph=graph))
+
+    def commit(self, graph: gs.Graph) -> None:
+        """Make ``graph`` the last variant built."""
+        graph.nodes = self.last.nodes
+        graph.inputs = self.last.inputs
+        graph.outputs = self.last.outputs
 
 
 def _include_selectable_constants(
@@ -388,7 +720,8 @@ def _include_selectable_constants(
 
     An attention mask is ``Where(padding, -3.4e38, 0)``: calibration data without padding sees
     only zeros, and the quantized mask would then mask nothing. The constants are values the
-    tensor takes on other data, so they belong to its range (and a sentinel keeps it float).
+    tensor takes on other data, so they belong to its range (and a sentinel, or an infinity,
+    keeps it float).
     """
     tensors = graph.tensors()
     for name in names:
@@ -400,67 +733,3 @@ def _include_selectable_constants(
                 branch = branch.inputs[0].attrs.get("value")
             if isinstance(branch, gs.Constant):
                 stats[name].update(np.asarray(read_constant(branch), dtype=np.float64))
-
-
-class _ShapesChanged(Exception):
-    """The quantized model computes outputs of other shapes than the float one."""
-
-
-class _Evaluator:
-    """Compares quantized variants with the float model on a few calibration samples.
-
-    The float model runs once, with every layer's output exposed, for both the output cosine
-    and the per-layer SQNR."""
-
-    def __init__(
-        self, float_model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], keys: list[str]
-    ) -> None:
-        self.keys = keys
-        self.feeds = [feed for feed, _ in batched(samples, input_specs(float_model), len(samples))]
-        self.outputs = [o.name for o in float_model.graph.output]
-        self.reference = self._run(float_model, keys)
-
-    def _run(
-        self, model: onnx.ModelProto, expose: Sequence[str] = ()
-    ) -> list[dict[str, np.ndarray]]:
-        with open_session(model, expose=expose) as session:
-            return [run(session, feed) for feed in self.feeds]
-
-    def cosine(self, model: onnx.ModelProto) -> float:
-        """The smallest cosine similarity over float outputs between ``model`` and float."""
-        return self._worst_cosine(self._run(model))
-
-    def compare(self, model: onnx.ModelProto) -> tuple[float, dict[str, float]]:
-        """The output cosine, and the SQNR of each layer's output (the tensor named by its
-        key) against the float model's: the error accumulated up to that layer."""
-        results = self._run(model, self.keys)
-        for reference, result in zip(self.reference, results, strict=True):
-            changed = [n for n in self.outputs if reference[n].shape != result[n].shape]
-            if changed:
-                raise _ShapesChanged(
-                    f"output '{changed[0]}' has shape {list(result[changed[0]].shape)} instead "
-                    f"of {list(reference[changed[0]].shape)} (a quantized value sets a size)"
-                )
-        sqnr = {
-            key: sqnr_db(
-                np.concatenate([r[key].ravel() for r in self.reference]),
-                np.concatenate([r[key].ravel() for r in results]),
-            )
-            for key in self.keys
-            if key in results[0]
-            and key in self.reference[0]
-            and all(
-                r[key].shape == q[key].shape for r, q in zip(self.reference, results, strict=True)
-            )
-        }
-        return self._worst_cosine(results), sqnr
-
-    def _worst_cosine(self, results: list[dict[str, np.ndarray]]) -> float:
-        worst = 1.0
-        for name in self.outputs:
-            if not np.issubdtype(self.reference[0][name].dtype, np.floating):
-                continue
-            ref = np.concatenate([r[name].ravel() for r in self.reference])
-            got = np.concatenate([r[name].ravel() for r in results])
-            worst = min(worst, cosine_similarity(ref, got))
-        return worst

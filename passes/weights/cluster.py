@@ -29,7 +29,7 @@ from onnxslim.passes.weights.storage import (
 from onnxslim.errors import PipelineSpecError
 from onnxslim.model import iter_graphs
 from onnxslim.pipeline import Pass, PassContext
-from onnxslim.registry import register_pass
+from onnxslim.registry import DEFAULT_PIPELINE, register_pass
 from onnxslim.validate import sqnr_db
 
 __all__ = ["ClusterWeights", "kmeans_1d"]
@@ -49,6 +49,7 @@ class ClusterWeights(Pass):
     """
 
     lossless = False
+    prepare = DEFAULT_PIPELINE
 
     bits: int = 4
     """Index width: 2**bits centroids per codebook (2 to 8)."""

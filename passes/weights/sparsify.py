@@ -38,7 +38,7 @@ from onnxslim.passes.weights.storage import (
 from onnxslim.errors import PipelineSpecError
 from onnxslim.model import iter_graphs
 from onnxslim.pipeline import Pass, PassContext
-from onnxslim.registry import register_pass
+from onnxslim.registry import DEFAULT_PIPELINE, register_pass
 
 __all__ = ["PruneWeights", "sparse_form"]
 
@@ -53,6 +53,7 @@ class PruneWeights(Pass):
     """
 
     lossless = False
+    prepare = DEFAULT_PIPELINE
 
     sparsity: float | None = None
     """Fraction of each layer's weights to zero, in [0, 1)."""

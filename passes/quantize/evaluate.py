@@ -1,0 +1,381 @@
+"""How close a quantized model stays to the float one, on samples calibration never saw.
+
+Calibration ranges fit the samples they were measured on; judging the result on those same
+samples flatters it. Quantize therefore holds some samples out (see
+:func:`split_held_out`) and measures on them, per float output:
+
+* the cosine similarity with the float model's output, per sample (mean and worst), which
+  is what embeddings, logits and feature maps are judged by;
+* for classifiers (outputs shaped ``(batch, classes)`` that come from a linear layer, maybe
+  through a softmax) and integer outputs, how often the prediction is the same (top-1
+  agreement).
+
+Where the model takes one attention mask (an input named ``*mask*`` of rank 2, batch by
+sequence), positions it marks as padding are left out of outputs shaped ``(batch, sequence,
+...)``: no user reads them, and they would judge the model on what it computes for nothing.
+
+A :class:`QualityFloor` says what is good enough: ``min_cosine`` for the former,
+``min_top1`` for the latter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxslim.calibration import batched
+from onnxslim.inputs import input_specs
+from onnxslim.rewrite import STANDARD_DOMAINS
+from onnxslim.runtime import open_session, run
+from onnxslim.validate import cosine_similarity
+
+__all__ = [
+    "QualityFloor",
+    "OutputQuality",
+    "Quality",
+    "SqnrAccumulator",
+    "ShapesChanged",
+    "HeldOut",
+    "split_held_out",
+    "classifier_outputs",
+    "HELD_OUT_MAX",
+    "BATCH",
+]
+
+HELD_OUT_MAX = 32  # samples held out of calibration to measure the result on
+BATCH = 16  # samples per run; dynamic quantization runs one at a time (its ranges span a batch)
+# Ops between a classifier's last linear layer and its output.
+_PASS_THROUGH = ("Softmax", "LogSoftmax", "Identity", "Flatten", "Reshape", "Squeeze")
+_LINEAR = ("Gemm", "MatMul", "Conv")
+
+
+@dataclass(frozen=True)
+class QualityFloor:
+    """The least a quantized model must keep: mean cosine similarity with the float model's
+    outputs, and top-1 agreement for classifier (and integer) outputs."""
+
+    min_cosine: float | None = 0.99
+    min_top1: float | None = 0.98
+
+
+@dataclass
+class OutputQuality:
+    """One output's agreement with the float model over the held-out samples.
+
+    ``top1`` is set for classifiers (argmax agreement) and integer outputs (share of equal
+    values); integer outputs have no cosine.
+    """
+
+    name: str
+    cosine: float | None
+    worst_cosine: float | None
+    top1: float | None = None
+
+    def misses(self, floor: QualityFloor) -> str | None:
+        """Why this output is below ``floor``, or None. A classifier passes with either its
+        top-1 agreement or its cosine: on a few held-out samples one prediction that flips
+        between near-tied logits moves agreement by whole percents, not the logits' cosine."""
+        cosine_ok = (
+            self.cosine is None or floor.min_cosine is None or self.cosine >= floor.min_cosine
+        )
+        top1_ok = self.top1 is None or floor.min_top1 is None or self.top1 >= floor.min_top1
+        if self.top1 is None and not cosine_ok:
+            return f"'{self.name}' cosine {self.cosine:.4f} < {floor.min_cosine}"
+        if self.top1 is not None and not top1_ok and (self.cosine is None or not cosine_ok):
+            text = f"'{self.name}' top-1 agreement {self.top1:.2%} < {floor.min_top1:.2%}"
+            if self.cosine is not None:
+                text += f" and cosine {self.cosine:.4f} < {floor.min_cosine}"
+            return text
+        return None
+
+    def margin(self, floor: QualityFloor) -> float:
+        """How far above the floor (negative: below)."""
+        margins = []
+        if self.cosine is not None:
+            margins.append(self.cosine - (floor.min_cosine or 0.0))
+        if self.top1 is not None:
+            margins.append(self.top1 - (floor.min_top1 or 0.0))
+        return max(margins, default=0.0)
+
+    def describe(self) -> str:
+        parts = []
+        if self.top1 is not None:
+            parts.append(f"top-1 agreement {self.top1:.2%}")
+        if self.cosine is not None:
+            parts.append(f"cosine {self.cosine:.4f} (worst sample {self.worst_cosine:.4f})")
+        return ", ".join(parts)
+
+
+@dataclass
+class Quality:
+    """Agreement of every float (or integer) output with the float model's."""
+
+    outputs: list[OutputQuality]
+    samples: int
+
+    def misses(self, floor: QualityFloor) -> list[str]:
+        return [m for o in self.outputs if (m := o.misses(floor)) is not None]
+
+    def meets(self, floor: QualityFloor) -> bool:
+        return not self.misses(floor)
+
+    @property
+    def cosine(self) -> float:
+        """The smallest mean cosine over the float outputs (1.0 when none)."""
+        return min((o.cosine for o in self.outputs if o.cosine is not None), default=1.0)
+
+    @property
+    def top1(self) -> float | None:
+        values = [o.top1 for o in self.outputs if o.top1 is not None]
+        return min(values) if values else None
+
+    def score(self, floor: QualityFloor) -> float:
+        """How far from failing (positive: above the floor), for comparing two results."""
+        return min((o.margin(floor) for o in self.outputs), default=0.0)
+
+    def describe(self) -> str:
+        if len(self.outputs) == 1:
+            text = self.outputs[0].describe()
+        else:
+            text = "; ".join(f"'{o.name}' {o.describe()}" for o in self.outputs)
+        return f"{text} on {self.samples} held-out sample(s)"
+
+
+class ShapesChanged(Exception):
+    """The quantized model computes outputs of other shapes than the float one."""
+
+
+def split_held_out(
+    samples: Sequence[Mapping[str, np.ndarray]], calibration: int
+) -> tuple[Sequence, Sequence, bool]:
+    """Calibration samples and held-out samples, and whether the two are disjoint.
+
+    Samples beyond the first ``calibration`` are held out (up to :data:`HELD_OUT_MAX`); when
+    there are no more than that, the last quarter is (at least one, at most the maximum).
+    A single sample is used for both, and the caller says so.
+    """
+    if len(samples) > calibration:
+        return samples[:calibration], samples[calibration : calibration + HELD_OUT_MAX], True
+    if len(samples) < 2:
+        return samples, samples, False
+    held = min(HELD_OUT_MAX, max(1, len(samples) // 4))
+    return samples[: len(samples) - held], samples[len(samples) - held :], True
+
+
+def classifier_outputs(graph: gs.Graph) -> set[str]:
+    """Float outputs shaped ``(batch, classes)`` computed by a linear layer (Gemm, MatMul or a
+    1x1 Conv), perhaps through a softmax: judged by top-1 agreement, not cosine."""
+    found = set()
+    for output in graph.outputs:
+        shape = output.shape
+        if shape is None or len(shape) != 2 or not isinstance(shape[1], int) or shape[1] < 2:
+            continue
+        tensor = output
+        while tensor.inputs:
+            producer = tensor.inputs[0]
+            if producer.domain not in STANDARD_DOMAINS:
+                break
+            if producer.op in _LINEAR:
+                found.add(output.name)
+                break
+            if producer.op not in _PASS_THROUGH:
+                break
+            tensor = producer.inputs[0]
+    return found
+
+
+class SqnrAccumulator:
+    """Signal and noise power summed over batches, for a SQNR over all of them."""
+
+    def __init__(self) -> None:
+        self.signal: dict[str, float] = {}
+        self.noise: dict[str, float] = {}
+
+    def add(self, name: str, reference: np.ndarray, approximation: np.ndarray) -> None:
+        if reference.shape != approximation.shape or reference.dtype != np.float32:
+            return
+        ref = reference.ravel()
+        error = ref - approximation.ravel()
+        # float32 dot products (BLAS): accurate to far better than the 0.1 dB reported.
+        self.signal[name] = self.signal.get(name, 0.0) + float(np.dot(ref, ref))
+        self.noise[name] = self.noise.get(name, 0.0) + float(np.dot(error, error))
+
+    def result(self) -> dict[str, float]:
+        values = {}
+        for name, signal in self.signal.items():
+            noise = self.noise[name]
+            if noise == 0:
+                values[name] = math.inf
+            else:
+                values[name] = 10 * math.log10(signal / noise) if signal else -math.inf
+        return values
+
+
+@dataclass
+class _OutputAccumulator:
+    cosines: list[float] = field(default_factory=list)
+    hits: int = 0
+    rows: int = 0
+
+
+class HeldOut:
+    """The held-out samples and the float model's outputs on them.
+
+    ``profile`` runs the float model (with extra tensors exposed) and a quantized one side by
+    side, sample by sample, so that layer outputs of both are compared without keeping either;
+    ``quality`` compares another quantized variant's outputs with the stored float ones.
+    """
+
+    def __init__(
+        self,
+        float_model: onnx.ModelProto,
+        samples: Sequence[Mapping[str, np.ndarray]],
+        batch_size: int = BATCH,
+    ) -> None:
+        specs = input_specs(float_model)
+        self.batches = list(batched(samples, specs, batch_size))
+        self.samples = len(samples)
+        self.outputs = [o.name for o in float_model.graph.output]
+        self.classifiers: set[str] = set()
+        self.reference: list[dict[str, np.ndarray]] | None = None
+        masks = [s.name for s in specs if "mask" in s.name.lower() and s.rank == 2]
+        self.mask = masks[0] if len(masks) == 1 else None
+
+    def profile(
+        self,
+        reference_model: onnx.ModelProto,
+        quantized: onnx.ModelProto,
+        pairs: Mapping[str, str],
+        keys: Iterable[str],
+    ) -> tuple[Quality, dict[str, float], dict[str, float]]:
+        """Quality of ``quantized``, and two SQNRs per layer: of each ``pairs`` value (a
+        shadow's output in ``reference_model``) against its key (the float output), and of
+        each of ``keys`` in ``quantized`` against the float model's."""
+        keys = list(keys)
+        local, accumulated = SqnrAccumulator(), SqnrAccumulator()
+        reference: list[dict[str, np.ndarray]] = []
+        results: list[dict[str, np.ndarray]] = []
+        expose = [*keys, *pairs.values()]
+        with (
+            open_session(reference_model, expose=expose) as float_session,
+            open_session(quantized, expose=keys) as quantized_session,
+        ):
+            for feed, count in self.batches:
+                # One sample at a time: the exposed tensors of a whole batch could be large.
+                floats, values = [], []
+                for single in _rows(feed, count):
+                    exposed_float = run(float_session, single)
+                    exposed = run(quantized_session, single)
+                    for key, shadow in pairs.items():
+                        if key in exposed_float and shadow in exposed_float:
+                            local.add(key, exposed_float[key], exposed_float[shadow])
+                    for key in keys:
+                        if key in exposed_float and key in exposed:
+                            accumulated.add(key, exposed_float[key], exposed[key])
+                    floats.append({name: exposed_float[name] for name in self.outputs})
+                    values.append({name: exposed[name] for name in self.outputs})
+                    del exposed_float, exposed
+                reference.append(_joined(floats, float_session, feed, self.outputs))
+                results.append(_joined(values, quantized_session, feed, self.outputs))
+        self.reference = reference
+        return self._compare(results), local.result(), accumulated.result()
+
+    def quality(self, model: onnx.ModelProto) -> Quality:
+        """The agreement of ``model``'s outputs with the float model's (after ``profile``)."""
+        with open_session(model) as session:
+            results = [
+                {name: value for name, value in run(session, feed).items() if name in self.outputs}
+                for feed, _ in self.batches
+            ]
+        return self._compare(results)
+
+    def _compare(self, results: list[dict[str, np.ndarray]]) -> Quality:
+        assert self.reference is not None, "profile() first"
+        accumulators = {name: _OutputAccumulator() for name in self.outputs}
+        for (feed, count), reference, result in zip(
+            self.batches, self.reference, results, strict=True
+        ):
+            mask = np.asarray(feed[self.mask]) != 0 if self.mask else None
+            for name in self.outputs:
+                want, got = np.asarray(reference[name]), np.asarray(result[name])
+                if want.shape != got.shape:
+                    raise ShapesChanged(
+                        f"output '{name}' has shape {list(got.shape)} instead of "
+                        f"{list(want.shape)} (a quantized value sets a size)"
+                    )
+                self._accumulate(accumulators[name], name, want, got, count, mask)
+        outputs = []
+        for name, acc in accumulators.items():
+            if not acc.cosines and not acc.rows:
+                continue
+            top1 = acc.hits / acc.rows if acc.rows else None
+            if acc.cosines:
+                cosine, worst = float(np.mean(acc.cosines)), float(min(acc.cosines))
+            else:
+                cosine = worst = None
+            outputs.append(OutputQuality(name, cosine, worst, top1))
+        return Quality(outputs, self.samples)
+
+    def _accumulate(
+        self,
+        acc: _OutputAccumulator,
+        name: str,
+        want: np.ndarray,
+        got: np.ndarray,
+        count: int,
+        mask: np.ndarray | None,
+    ) -> None:
+        rows = want.shape[0] == count and want.ndim > 0
+        if mask is not None and rows and want.shape[: mask.ndim] == mask.shape:
+            # Padded positions (attention mask 0) are not part of any result a user reads.
+            pairs = [(w[m], g[m]) for w, g, m in zip(want, got, mask, strict=True) if m.any()]
+            if np.issubdtype(want.dtype, np.floating):
+                acc.cosines.extend(_cosine(a, b) for a, b in pairs)
+                return
+        if np.issubdtype(want.dtype, np.integer) or want.dtype == np.bool_:
+            acc.hits += int(np.count_nonzero(want == got))
+            acc.rows += want.size
+            return
+        if not np.issubdtype(want.dtype, np.floating):
+            return
+        if name in self.classifiers:
+            acc.hits += int(np.count_nonzero(want.argmax(-1) == got.argmax(-1)))
+            acc.rows += want.shape[0]
+        pairs = zip(want, got, strict=True) if rows else [(want, got)]
+        acc.cosines.extend(_cosine(a, b) for a, b in pairs)
+
+
+def _rows(feed: Mapping[str, np.ndarray], count: int) -> list[dict[str, np.ndarray]]:
+    """A batch of ``count`` samples (stacked along axis 0) as one feed per sample."""
+    if count == 1:
+        return [dict(feed)]
+    return [{name: value[i : i + 1] for name, value in feed.items()} for i in range(count)]
+
+
+def _joined(
+    rows: list[dict[str, np.ndarray]], session, feed: Mapping[str, np.ndarray], names: list[str]
+) -> dict[str, np.ndarray]:
+    """The outputs of the whole batch from those of its samples, concatenated along axis 0;
+    run again as a batch when an output has no such axis."""
+    if len(rows) == 1:
+        return rows[0]
+    if all(row[n].ndim and row[n].shape[0] == 1 for row in rows for n in names):
+        return {n: np.concatenate([row[n] for row in rows]) for n in names}
+    outputs = run(session, feed)
+    return {n: outputs[n] for n in names}
+
+
+def _cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Cosine similarity where both are finite (masked logits are -inf in both); 0 when one
+    is infinite where the other is not (a mask lost or invented)."""
+    finite_a, finite_b = np.isfinite(reference), np.isfinite(candidate)
+    if finite_a.all() and finite_b.all():
+        return cosine_similarity(reference, candidate)
+    if (finite_a != finite_b).any():
+        return 0.0
+    return cosine_similarity(reference[finite_a], candidate[finite_b])
