@@ -175,6 +175,12 @@ class GradientContext:
             self._shapes[name] = self.emit.op("Shape", [name])
         return self._shapes[name]
 
+    def masked(self, grad: str, condition: str, like: str) -> str:
+        """``grad`` where ``condition`` holds, zero elsewhere. A product with the condition
+        cast to floats: several times faster than Where in onnxruntime's CPU kernels."""
+        mask = self.emit.op("Cast", [condition], to=int(self.table.elem_type(like)))
+        return self.emit.op("Mul", [grad, mask])
+
     def zeros_like(self, name: str) -> str:
         shape = self.table.static_shape(name)
         source = self.emit.ints(shape) if shape is not None else self.shape_of(name)

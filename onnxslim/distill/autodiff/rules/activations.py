@@ -15,15 +15,21 @@ def _positive(ctx: GradientContext, x: str) -> str:
 
 @gradient("Relu")
 def _relu(ctx: GradientContext) -> list[str | None]:
-    x = ctx.input(0)
-    return [ctx.emit.op("Where", [_positive(ctx, x), ctx.dy(), ctx.scalar(0.0, x)])]
+    """Masked by the output (positive exactly where the input is), so that nothing else reads
+    the input and onnxruntime can still fuse the op before with the Relu."""
+    y = ctx.node.output[0]
+    return [ctx.masked(ctx.dy(), _positive(ctx, y), y)]
 
 
 @gradient("LeakyRelu")
 def _leaky_relu(ctx: GradientContext) -> list[str | None]:
-    x, emit, dy = ctx.input(0), ctx.emit, ctx.dy()
-    leak = emit.op("Mul", [dy, ctx.scalar(ctx.attr("alpha", 0.01), x)])
-    return [emit.op("Where", [_positive(ctx, x), dy, leak])]
+    x, emit = ctx.input(0), ctx.emit
+    alpha = float(ctx.attr("alpha", 0.01))
+    positive = emit.op("Cast", [_positive(ctx, x)], to=int(ctx.table.elem_type(x)))
+    slope = emit.op(
+        "Add", [emit.op("Mul", [positive, ctx.scalar(1.0 - alpha, x)]), ctx.scalar(alpha, x)]
+    )
+    return [emit.op("Mul", [ctx.dy(), slope])]
 
 
 @gradient("PRelu", inputs=(0, 1))
@@ -60,7 +66,7 @@ def _clip(ctx: GradientContext) -> list[str | None]:
     if not masks:
         return [ctx.dy()]
     inside = masks[0] if len(masks) == 1 else emit.op("And", masks)
-    return [emit.op("Where", [inside, ctx.dy(), ctx.scalar(0.0, x)])]
+    return [ctx.masked(ctx.dy(), inside, x)]
 
 
 @gradient("Sigmoid")
@@ -156,8 +162,7 @@ def _hard_sigmoid(ctx: GradientContext) -> list[str | None]:
     x, emit = ctx.input(0), ctx.emit
     alpha = ctx.attr("alpha", 0.2)
     _, inside = _hard_sigmoid_parts(ctx, x, alpha, ctx.attr("beta", 0.5))
-    scaled = emit.op("Mul", [ctx.dy(), ctx.scalar(alpha, x)])
-    return [emit.op("Where", [inside, scaled, ctx.scalar(0.0, x)])]
+    return [ctx.masked(emit.op("Mul", [ctx.dy(), ctx.scalar(alpha, x)]), inside, x)]
 
 
 @gradient("HardSwish")
@@ -165,7 +170,5 @@ def _hard_swish(ctx: GradientContext) -> list[str | None]:
     """y = x · HardSigmoid(x; 1/6, 1/2): y' = HardSigmoid(x) + x/6 where it is not saturated."""
     x, emit = ctx.input(0), ctx.emit
     value, inside = _hard_sigmoid_parts(ctx, x, 1.0 / 6.0, 0.5)
-    ramp = emit.op(
-        "Where", [inside, emit.op("Mul", [x, ctx.scalar(1.0 / 6.0, x)]), ctx.scalar(0.0, x)]
-    )
+    ramp = ctx.masked(emit.op("Mul", [x, ctx.scalar(1.0 / 6.0, x)]), inside, x)
     return [emit.op("Mul", [ctx.dy(), emit.op("Add", [value, ramp])])]

@@ -135,10 +135,12 @@ def _cast(ctx: GradientContext) -> list[str | None]:
 @gradient("Where", inputs=(1, 2))
 def _where(ctx: GradientContext) -> list[str | None]:
     condition, y = ctx.input(0), ctx.node.output[0]
-    zero = ctx.scalar(0.0, y)
     emit, dy = ctx.emit, ctx.dy()
-    taken = _reduced(ctx, 1, emit.op("Where", [condition, dy, zero])) if ctx.wanted(1) else None
-    other = _reduced(ctx, 2, emit.op("Where", [condition, zero, dy])) if ctx.wanted(2) else None
+    taken = other = None
+    if ctx.wanted(1):
+        taken = _reduced(ctx, 1, ctx.masked(dy, condition, y))
+    if ctx.wanted(2):
+        other = _reduced(ctx, 2, ctx.masked(dy, emit.op("Not", [condition]), y))
     return [None, taken, other]
 
 

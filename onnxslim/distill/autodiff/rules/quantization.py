@@ -15,10 +15,10 @@ from onnx import TensorProto, helper
 
 from onnxslim.distill.autodiff.registry import GradientContext, gradient
 
-__all__: list[str] = []
+__all__ = ["INTEGER_RANGES", "broadcastable"]
 
 # Integer range of each quantized element type.
-_RANGES = {
+INTEGER_RANGES = {
     TensorProto.UINT8: (0, 255),
     TensorProto.INT8: (-128, 127),
     TensorProto.UINT16: (0, 65535),
@@ -35,18 +35,18 @@ def _quantized_type(ctx: GradientContext) -> int:
     return int(ctx.attr("output_dtype", 0)) or TensorProto.UINT8
 
 
-def _broadcastable(
-    ctx: GradientContext, values: np.ndarray, rank: int, dims: list | None
+def broadcastable(
+    values: np.ndarray, rank: int, dims: list | None, *, axis: int | None, block_size: int | None
 ) -> np.ndarray:
-    """A per-tensor, per-axis or per-block parameter laid out to broadcast against x."""
+    """A per-tensor, per-axis (``axis``) or per-block (``block_size`` along ``axis``) scale or
+    zero point laid out to broadcast against a tensor of ``rank`` (block-wise needs ``dims``)."""
     if values.ndim == 0 or values.size == 1:
         return values.reshape(())
-    axis = int(ctx.attr("axis", 1)) % rank
-    block = int(ctx.attr("block_size", 0))
-    if block:
+    axis = (1 if axis is None else axis) % rank
+    if block_size:
         if dims is None:
-            raise ctx.fail("block-wise quantization needs a static input shape")
-        return np.repeat(values, block, axis=axis)[tuple(slice(0, d) for d in dims)]
+            raise ValueError("block-wise quantization needs a static shape")
+        return np.repeat(values, block_size, axis=axis)[tuple(slice(0, d) for d in dims)]
     shape = [1] * rank
     shape[axis] = -1
     return values.reshape(shape)
@@ -59,8 +59,11 @@ def _constant_bounds(ctx: GradientContext, x: str, low: int, high: int) -> tuple
     if scale is None or zero is None:
         return None
     rank, dims = ctx.rank(x), ctx.table.static_shape(x)
-    scale = _broadcastable(ctx, scale.astype(np.float64), rank, dims)
-    zero = _broadcastable(ctx, zero.astype(np.float64), rank, dims)
+    layout = {"axis": ctx.attr("axis", 1), "block_size": ctx.attr("block_size", 0)}
+    if layout["block_size"] and dims is None:
+        raise ctx.fail("block-wise quantization needs a static input shape")
+    scale = broadcastable(scale.astype(np.float64), rank, dims, **layout)
+    zero = broadcastable(zero.astype(np.float64), rank, dims, **layout)
     dtype = ctx.dtype(x)
     return (
         ctx.emit.constant((low - zero) * scale, dtype),
@@ -85,14 +88,14 @@ def _runtime_bounds(
 def _quantize(ctx: GradientContext) -> list[str | None]:
     x, emit = ctx.input(0), ctx.emit
     qtype = _quantized_type(ctx)
-    if qtype not in _RANGES:
+    if qtype not in INTEGER_RANGES:
         raise ctx.fail(f"quantized type {helper.tensor_dtype_to_string(qtype)} is not supported")
-    low, high = _RANGES[qtype]
+    low, high = INTEGER_RANGES[qtype]
     lower, upper = _constant_bounds(ctx, x, low, high) or _runtime_bounds(ctx, x, qtype, low, high)
     inside = emit.op(
         "And", [emit.op("GreaterOrEqual", [x, lower]), emit.op("LessOrEqual", [x, upper])]
     )
-    return [emit.op("Where", [inside, ctx.dy(), ctx.scalar(0.0, x)]), None, None]
+    return [ctx.masked(ctx.dy(), inside, x), None, None]
 
 
 @gradient("DequantizeLinear")
