@@ -19,6 +19,7 @@ gradient rule.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -54,7 +55,7 @@ from onnxslim.distill.writeback import write_back
 from onnxslim.inputs import input_specs
 from onnxslim.model import Model, ModelSource, iter_graphs, load, refuse_overwriting_sources, save
 from onnxslim.pipeline import PassTable
-from onnxslim.runtime import PROVIDERS, create_session
+from onnxslim.runtime import PROVIDERS, open_session
 
 __all__ = ["DistillOptions", "DistillReport", "distill", "distill_model"]
 
@@ -342,11 +343,12 @@ def _backend(
     parameters: list[str],
     options: DistillOptions,
     eval_outputs: list[str],
-    scratch: Path,
+    scope: contextlib.ExitStack,
 ) -> tuple[TrainingBackend, list[str], list[str]]:
-    """The backend, the parameters it trains, and notes."""
+    """The backend, the parameters it trains, and notes; ``scope`` holds what it opens."""
     if options.backend == "ort-training":
         require_training()
+        scratch = Path(scope.enter_context(tempfile.TemporaryDirectory(prefix="onnxslim-distill-")))
         artifacts = build_artifacts(
             prepared.student,
             loss,
@@ -381,7 +383,11 @@ def _backend(
         for t in prepared.student.graph.initializer
         if t.name in chosen
     }
-    backend = NativeBackend(graphs, initial, provider=options.provider, threads=options.threads)
+    sessions = tuple(
+        scope.enter_context(open_session(model, options.provider, threads=options.threads))
+        for model in (graphs.step_model, graphs.eval_model)
+    )
+    backend = NativeBackend(graphs, initial, sessions, device=options.provider)
     return backend, graphs.parameters, notes
 
 
@@ -425,14 +431,14 @@ def distill_model(
     if not use_labels:
         data = TrainingData(data.inputs, None)
     eval_outputs = [value.name for value, _ in pairs]
-    with tempfile.TemporaryDirectory(prefix="onnxslim-distill-") as scratch:
+    with contextlib.ExitStack() as scope:
         start = time.perf_counter()
         backend, parameters, build_notes = _backend(
-            prepared, loss, parameters, options, eval_outputs, Path(scratch)
+            prepared, loss, parameters, options, eval_outputs, scope
         )
         build_seconds = time.perf_counter() - start
         targets = TeacherTargets(
-            create_session(prepared.teacher.SerializeToString(), options.provider),
+            scope.enter_context(open_session(prepared.teacher, options.provider)),
             data,
             [name for _, name in pairs],
             batch_size=options.batch_size,
@@ -448,7 +454,7 @@ def distill_model(
             train_samples=len(train_indices),
             val_samples=len(val_indices),
             teacher_cached=targets.cached,
-            quantized_weights=len(prepared.quantized.masters & set(parameters)),
+            quantized_weights=len(prepared.quantized.fake_quantized & set(parameters)),
             build_seconds=build_seconds,
             notes=notes + build_notes,
         )

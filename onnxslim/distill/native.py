@@ -16,22 +16,9 @@ import numpy as np
 
 from onnxslim.distill.optimizers import LR_INPUT, STEP_INPUT
 from onnxslim.distill.training_graph import TrainingGraphs
-from onnxslim.runtime import check_provider, require_onnxruntime
+from onnxslim.runtime import require_onnxruntime
 
 __all__ = ["NativeBackend"]
-
-_LOG_ERRORS_ONLY = 3
-
-
-def _session(ort: Any, model: bytes, provider: str, threads: int) -> Any:
-    options = ort.SessionOptions()
-    options.log_severity_level = _LOG_ERRORS_ONLY
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    providers: list[Any] = [provider]
-    if provider == "CUDAExecutionProvider":
-        providers = [(provider, {"use_tf32": "0"})]
-    return ort.InferenceSession(model, sess_options=options, providers=providers)
 
 
 class NativeBackend:
@@ -43,16 +30,15 @@ class NativeBackend:
         self,
         graphs: TrainingGraphs,
         initial: Mapping[str, np.ndarray],
+        sessions: tuple[Any, Any],
         *,
-        provider: str = "cpu",
-        threads: int = 0,
+        device: str = "cpu",
     ) -> None:
+        """``sessions``: the step and eval models' sessions, on ``device`` (cpu or cuda)."""
         ort = require_onnxruntime()
-        full_name = check_provider(provider)
-        self.device = "cuda" if full_name == "CUDAExecutionProvider" else "cpu"
         self.graphs = graphs
-        self.step_session = _session(ort, graphs.step_model.SerializeToString(), full_name, threads)
-        self.eval_session = _session(ort, graphs.eval_model.SerializeToString(), full_name, threads)
+        self.step_session, self.eval_session = sessions
+        self.device = device
         self.steps = 0
 
         # Each parameter and state has two buffers; a step reads one set and writes the other.

@@ -82,6 +82,11 @@ class QuantizedWeights:
     def masters(self) -> set[str]:
         return {w.master for w in self.weights}
 
+    @property
+    def fake_quantized(self) -> set[str]:
+        """The masters that train through fake quantization (all but int32 biases)."""
+        return {w.master for w in self.weights if w.fake_quantized}
+
     def stored_name(self, parameter: str) -> str:
         """The student's initializer that ``parameter`` ends up in."""
         return next((w.quantized for w in self.weights if w.master == parameter), parameter)
