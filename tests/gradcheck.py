@@ -179,6 +179,12 @@ def _taps(kernel, dilations, strides, sizes):
         )
 
 
+def _window_defaults(x, dilations, strides, group):
+    """(spatial rank, dilations, strides, group) with ONNX's defaults filled in."""
+    rank = x.ndim - 2
+    return rank, dilations or [1] * rank, strides or [1] * rank, group or 1
+
+
 class Conv(OpRun):
     """Grouped convolution by kernel offsets (the reference mishandles some groupings)."""
 
@@ -196,8 +202,7 @@ class Conv(OpRun):
         pads=None,
         strides=None,
     ):
-        rank = x.ndim - 2
-        dilations, strides = dilations or [1] * rank, strides or [1] * rank
+        rank, dilations, strides, group = _window_defaults(x, dilations, strides, group)
         pads = pads or [0] * (2 * rank)
         if auto_pad in ("SAME_UPPER", b"SAME_UPPER"):
             total = [
@@ -211,7 +216,6 @@ class Conv(OpRun):
                 for i in range(rank)
             ]
             pads = [t // 2 for t in total] + [t - t // 2 for t in total]
-        group = group or 1
         padded = np.pad(x, [(0, 0), (0, 0), *zip(pads[:rank], pads[rank:], strict=True)])
         kernel = w.shape[2:]
         sizes = [
@@ -249,10 +253,8 @@ class ConvTranspose(OpRun):
         pads=None,
         strides=None,
     ):
-        rank = x.ndim - 2
-        dilations, strides = dilations or [1] * rank, strides or [1] * rank
+        rank, dilations, strides, group = _window_defaults(x, dilations, strides, group)
         output_padding = output_padding or [0] * rank
-        group = group or 1
         kernel, sizes = w.shape[2:], x.shape[2:]
         full = [
             strides[i] * (sizes[i] - 1) + output_padding[i] + (kernel[i] - 1) * dilations[i] + 1

@@ -70,7 +70,9 @@ class TrainOptions:
 
 @dataclass
 class EpochRecord:
-    """One epoch: mean training loss, validation loss and metric (None without a split)."""
+    """One epoch: mean training loss, validation loss and metric (None without a split),
+    the learning rate of its first step, wall and process CPU seconds (on a busy machine the
+    CPU time is the steadier measure)."""
 
     epoch: int
     train_loss: float
@@ -78,6 +80,7 @@ class EpochRecord:
     val_metric: float | None
     lr: float
     seconds: float
+    cpu_seconds: float = 0.0
 
 
 @dataclass
@@ -184,7 +187,7 @@ def train(
     step = 0
     with progress_bar("distilling", total, enabled=options.progress) as advance:
         for epoch in range(1, options.epochs + 1):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             first_lr = learning_rate(options, step, total)
             running = 0.0
             for batch in _batches(len(train_indices), options.batch_size, rng):
@@ -205,6 +208,7 @@ def train(
                     val_metric=value,
                     lr=first_lr,
                     seconds=time.perf_counter() - start,
+                    cpu_seconds=time.process_time() - cpu_start,
                 )
             )
             if value is None or (value, -val_loss) > best:

@@ -18,9 +18,9 @@ __all__: list[str] = []
 
 
 @dataclass(frozen=True)
-class _Geometry:
-    """A convolution from ``small`` spatial sizes to ``large`` ones (Conv: input to output
-    reversed; ConvTranspose: input to output), with explicit pads."""
+class Geometry:
+    """How a window slides (a Conv's, a pool's, or the Conv a ConvTranspose is the adjoint
+    of): kernel, strides, dilations, explicit pads and groups."""
 
     kernel: list[int]
     strides: list[int]
@@ -79,23 +79,24 @@ def explicit_pads(
 
 def window(
     ctx: GradientContext, kernel: list[int], sizes: list[int], out_sizes: list[int]
-) -> _Geometry:
+) -> Geometry:
     """The geometry of a node sliding ``kernel`` over ``sizes`` to ``out_sizes``."""
     rank = len(kernel)
     strides = list(ctx.attr("strides", [1] * rank))
     dilations = list(ctx.attr("dilations", [1] * rank))
     pads = explicit_pads(ctx, kernel, strides, dilations, sizes, out_sizes)
-    return _Geometry(kernel, strides, dilations, pads, int(ctx.attr("group", 1)))
+    return Geometry(kernel, strides, dilations, pads, int(ctx.attr("group", 1)))
 
 
 def _geometry(
     ctx: GradientContext, weight_shape: list[int], conv_in: list[int], conv_out: list[int]
-) -> _Geometry:
+) -> Geometry:
     return window(ctx, list(ctx.attr("kernel_shape", weight_shape[2:])), conv_in, conv_out)
 
 
-def _output_padding(geometry: _Geometry, conv_in: list[int], conv_out: list[int]) -> list[int]:
-    """What a ConvTranspose from ``conv_out`` needs to give back exactly ``conv_in``."""
+def output_padding_for(geometry: Geometry, conv_in: list[int], conv_out: list[int]) -> list[int]:
+    """What a ConvTranspose from ``conv_out`` sizes needs to give back exactly ``conv_in``
+    sizes (negative: the window reached past the end pads, as ceil_mode does)."""
     rank = geometry.rank
     return [
         conv_in[i]
@@ -138,7 +139,7 @@ def _weight_gradient(
     source_dims: list[int],
     grad: str,
     grad_dims: list[int],
-    geometry: _Geometry,
+    geometry: Geometry,
 ) -> str:
     """d/dW of a Conv from ``source`` ([N, *source_dims]) whose output gradient is ``grad``
     ([N, *grad_dims]); the weight is [grad channels, source channels / group, *kernel]."""
@@ -189,7 +190,7 @@ def _conv(ctx: GradientContext) -> list[str | None]:
         dx = emit.op(
             "ConvTranspose",
             [dy, w],
-            output_padding=_output_padding(geometry, x_dims[1:], y_dims[1:]),
+            output_padding=output_padding_for(geometry, x_dims[1:], y_dims[1:]),
             **geometry.conv_attrs(),
         )
     if ctx.wanted(1):
@@ -225,7 +226,7 @@ def _conv_transpose(ctx: GradientContext) -> list[str | None]:
             )
         ]
         pads = [0] * (2 * rank) if mode == "VALID" else _same_pads(total, mode != "SAME_LOWER")
-        geometry = _Geometry(
+        geometry = Geometry(
             geometry.kernel, geometry.strides, geometry.dilations, pads, geometry.group
         )
     emit, dy = ctx.emit, ctx.dy()

@@ -38,12 +38,21 @@ def _matmul(ctx: GradientContext) -> list[str | None]:
         b = emit.unsqueeze(b, [-1])
         dy = emit.unsqueeze(dy, [-1])
     batch = _broadcast_batch(a_shape[:-2], b_shape[:-2])
+    # the contracted and output widths, from whichever operand knows them
+    inner = next((d for d in (a_shape[-1], b_shape[-2]) if isinstance(d, int)), a_shape[-1])
+    width = b_shape[-1]
+    a_shape, b_shape = [*a_shape[:-1], inner], [*b_shape[:-2], inner, width]
     da = db = None
     if ctx.wanted(0):
         da = emit.op("MatMul", [dy, _swap_last_two(ctx, b, len(b_shape))])
         da = _to_operand(ctx, da, [*batch, a_shape[-2], a_shape[-1]], 0)
     if ctx.wanted(1):
-        if len(b_shape) == 2 and len(a_shape) > 2:
+        if (
+            len(b_shape) == 2
+            and len(a_shape) > 2
+            and isinstance(inner, int)
+            and isinstance(width, int)
+        ):
             # A weight shared by every batch row: one 2-D product instead of a batched one
             # summed afterwards.
             rows = emit.op("Reshape", [a, emit.ints([-1, a_shape[-1]])])

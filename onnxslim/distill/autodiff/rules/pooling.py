@@ -12,7 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from onnxslim.distill.autodiff.registry import GradientContext, gradient
-from onnxslim.distill.autodiff.rules.convolution import channels_and_sizes, window
+from onnxslim.distill.autodiff.rules.convolution import (
+    Geometry,
+    channels_and_sizes,
+    output_padding_for,
+    window,
+)
 from onnxslim.distill.autodiff.rules.reductions import share_among_extremes
 
 __all__: list[str] = []
@@ -38,25 +43,22 @@ def _zero(ctx: GradientContext, like: str):
     return helper.make_tensor("value", ctx.table.elem_type(like), [1], [0])
 
 
-def _divisors(ctx: GradientContext, sizes: list[int], out_sizes: list[int]) -> np.ndarray:
+def _divisors(
+    ctx: GradientContext, geometry: Geometry, sizes: list[int], out_sizes: list[int]
+) -> np.ndarray:
     """What AveragePool divided each output by, [1, 1, *out_sizes]: the count of the window's
     elements inside the input, or with count_include_pad those inside the padded input."""
-    geometry = window(ctx, list(ctx.attr("kernel_shape")), sizes, out_sizes)
-    kernel, strides, dilations, pads = (
-        geometry.kernel,
-        geometry.strides,
-        geometry.dilations,
-        geometry.pads,
-    )
-    rank = len(kernel)
+    rank, pads = geometry.rank, geometry.pads
     include_pad = bool(ctx.attr("count_include_pad", 0))
     counts = []
     for axis in range(rank):
-        low, high = (
-            (-pads[axis], sizes[axis] + pads[rank + axis]) if include_pad else (0, sizes[axis])
+        low, high = (0, sizes[axis])
+        if include_pad:
+            low, high = -pads[axis], sizes[axis] + pads[rank + axis]
+        starts = np.arange(out_sizes[axis]) * geometry.strides[axis] - pads[axis]
+        taps = (
+            starts[:, None] + np.arange(geometry.kernel[axis])[None, :] * geometry.dilations[axis]
         )
-        starts = np.arange(out_sizes[axis]) * strides[axis] - pads[axis]
-        taps = starts[:, None] + np.arange(kernel[axis])[None, :] * dilations[axis]
         counts.append(((taps >= low) & (taps < high)).sum(axis=1))
     total = counts[0]
     for count in counts[1:]:
@@ -70,33 +72,20 @@ def _average_pool(ctx: GradientContext) -> list[str | None]:
     x_dims, y_dims = channels_and_sizes(ctx, x), channels_and_sizes(ctx, y)
     channels, sizes, out_sizes = x_dims[0], x_dims[1:], y_dims[1:]
     geometry = window(ctx, list(ctx.attr("kernel_shape")), sizes, out_sizes)
-    kernel, strides, dilations, pads = (
-        geometry.kernel,
-        geometry.strides,
-        geometry.dilations,
-        geometry.pads,
-    )
-    rank = len(kernel)
-    divisors = _divisors(ctx, sizes, out_sizes)
+    rank, pads = geometry.rank, geometry.pads
     dtype = ctx.dtype(x)
-    scaled = emit.op("Div", [ctx.dy(), emit.constant(divisors, dtype)])
-    ones = emit.constant(np.ones([channels, 1, *kernel]), dtype)
-    padding = [
-        sizes[i]
-        + pads[i]
-        + pads[rank + i]
-        - (kernel[i] - 1) * dilations[i]
-        - 1
-        - strides[i] * (out_sizes[i] - 1)
-        for i in range(rank)
-    ]
+    scaled = emit.op(
+        "Div", [ctx.dy(), emit.constant(_divisors(ctx, geometry, sizes, out_sizes), dtype)]
+    )
+    ones = emit.constant(np.ones([channels, 1, *geometry.kernel]), dtype)
+    padding = output_padding_for(geometry, sizes, out_sizes)
     # ceil_mode windows can reach past the end pads: crop what they reached there.
     ends = [pads[rank + i] + max(0, -padding[i]) for i in range(rank)]
     spread = emit.op(
         "ConvTranspose",
         [scaled, ones],
-        strides=strides,
-        dilations=dilations,
+        strides=geometry.strides,
+        dilations=geometry.dilations,
         pads=pads[:rank] + ends,
         output_padding=[max(0, p) for p in padding],
         group=channels,
