@@ -164,7 +164,7 @@ def test_outputs_with_different_shapes_are_refused(train_npz):
 
 
 def test_output_missing_from_the_teacher_is_refused(student_path, train_npz):
-    with pytest.raises(OutputMismatchError, match="teacher has no output 'scores'"):
+    with pytest.raises(OutputMismatchError, match="teacher has no output or tensor 'scores'"):
         distill(TEACHER, student_path, train_npz, outputs=["logits=scores"])
 
 
@@ -362,3 +362,30 @@ def test_cli_writes_the_model_and_a_json_report(tmp_path, student_path, train_np
     assert data["output"] == str(output) and len(data["epochs"]) == 2
     assert data["metric_after"] >= data["metric_before"]
     onnx.checker.check_model(onnx.load(output), full_check=True)
+
+
+def test_intermediate_tensors_can_be_matched_and_outputs_stay(tmp_path, train_npz, digits):
+    """Hidden states (the Relu's output ``r``) as well as logits: the student learns both,
+    and the file written keeps only its own outputs."""
+    teacher = tmp_path / "teacher.onnx"
+    onnx.save(mlp_student(seed=1), teacher)
+    output = tmp_path / "tuned.onnx"
+    options = {**FAST, "loss": "mse", "val_split": 0.2}
+    report = distill(
+        teacher, mlp_student(seed=0), train_npz, output, outputs=["r", "logits"], **options
+    )
+    assert report.outputs == [["r", "r"], ["logits", "logits"]]
+    assert report.metric_after > report.metric_before
+    assert [o.name for o in onnx.load(output).graph.output] == ["logits"]
+    images = {"image": digits["x_test"][:64]}
+    hidden = [
+        run_model(_with_output(model, "r"), images)[1]
+        for model in (mlp_student(seed=1), mlp_student(seed=0), onnx.load(output))
+    ]
+    before, after = (float(np.mean((h - hidden[0]) ** 2)) for h in hidden[1:])
+    assert after < 0.5 * before
+
+
+def _with_output(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    proto.graph.output.append(onnx.ValueInfoProto(name=name))
+    return proto

@@ -49,7 +49,7 @@ from onnxslim.distill.parameters import native_parameters, ort_training_paramete
 from onnxslim.distill.quantized import QuantizedWeights, lower_quantized
 from onnxslim.distill.teacher import TeacherTargets
 from onnxslim.distill.trainer import EpochRecord, Schedule, TrainingBackend, TrainOptions, train
-from onnxslim.distill.training_graph import build_training_graphs
+from onnxslim.distill.training_graph import build_training_graphs, inferred_graph
 from onnxslim.distill.versions import default_opset, for_native_training, for_training_runtime
 from onnxslim.distill.writeback import write_back
 from onnxslim.inputs import input_specs
@@ -231,12 +231,13 @@ def _shape_text(value: onnx.ValueInfoProto) -> str:
 def _pair_outputs(
     student: onnx.ModelProto, teacher: onnx.ModelProto, requested: Sequence[str]
 ) -> list[tuple[onnx.ValueInfoProto, str]]:
-    """(student output, teacher output name) for each output to match."""
-    student_outputs = {o.name: o for o in student.graph.output}
-    teacher_outputs = {o.name: o for o in teacher.graph.output}
-    if requested:
-        pairs = [tuple(item.split("=", 1)) if "=" in item else (item, item) for item in requested]
-    else:
+    """(student output, teacher output name) for each output to match. A requested name may
+    also be an intermediate tensor of either model (a layer's hidden states): it is matched
+    like an output."""
+    pairs = [tuple(item.split("=", 1)) if "=" in item else (item, item) for item in requested]
+    student_outputs = _matchable(student, [a for a, _ in pairs])
+    teacher_outputs = _matchable(teacher, [b for _, b in pairs])
+    if not requested:
         floats = _float_outputs(student)
         if not floats:
             raise OutputMismatchError("the student has no float32 outputs to distill")
@@ -249,14 +250,14 @@ def _pair_outputs(
     for student_name, teacher_name in pairs:
         if student_name not in student_outputs:
             raise OutputMismatchError(
-                f"'{student_name}' is not an output of the student "
-                f"(its outputs: {', '.join(student_outputs)})"
+                f"'{student_name}' is neither an output nor a tensor of the student "
+                f"(its outputs: {', '.join(o.name for o in student.graph.output)})"
             )
         if teacher_name not in teacher_outputs:
             raise OutputMismatchError(
-                f"the teacher has no output '{teacher_name}' to match the student's "
-                f"(its outputs: {', '.join(teacher_outputs)}); pair them with "
-                f"outputs=['{student_name}=<teacher output>']"
+                f"the teacher has no output or tensor '{teacher_name}' to match the student's "
+                f"(its outputs: {', '.join(o.name for o in teacher.graph.output)}); pair them "
+                f"with outputs=['{student_name}=<teacher output>']"
             )
         ours, theirs = student_outputs[student_name], teacher_outputs[teacher_name]
         for value, role in ((ours, "student"), (theirs, "teacher")):
@@ -266,13 +267,36 @@ def _pair_outputs(
                     "can be distilled"
                 )
         a, b = _dims(ours), _dims(theirs)
-        if len(a) != len(b) or any(x and y and x != y for x, y in zip(a, b, strict=True)):
+        if len(a) != len(b) or any(
+            isinstance(x, int) and isinstance(y, int) and x and y and x != y
+            for x, y in zip(a, b, strict=True)
+        ):
             raise OutputMismatchError(
                 f"the student's output '{student_name}' has shape {_shape_text(ours)} but the "
                 f"teacher's '{teacher_name}' has shape {_shape_text(theirs)}"
             )
         matched.append((ours, teacher_name))
     return matched
+
+
+def _matchable(proto: onnx.ModelProto, names: Sequence[str]) -> dict[str, onnx.ValueInfoProto]:
+    """The graph outputs of ``proto``, and those of ``names`` that are intermediate tensors,
+    typed by shape inference."""
+    found = {o.name: o for o in proto.graph.output}
+    if all(name in found for name in names):
+        return found
+    graph = inferred_graph(proto.graph, proto.opset_import, proto.ir_version)
+    for value in graph.value_info:
+        if value.name in names and value.name not in found:
+            found[value.name] = value
+    return found
+
+
+def _expose(proto: onnx.ModelProto, values: Sequence[onnx.ValueInfoProto]) -> None:
+    """Make the intermediate tensors ``values`` outputs of ``proto`` too (for training only:
+    the model written back keeps its own outputs)."""
+    present = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(v for v in values if v.name not in present)
 
 
 def _check_labels(data: TrainingData, first: onnx.ValueInfoProto) -> None:
@@ -407,6 +431,7 @@ def distill_model(
     options.check()
     prepared = _prepare(teacher, student, options)
     pairs = _pair_outputs(prepared.student, prepared.teacher, options.outputs)
+    _expose(prepared.student, [value for value, _ in pairs])
     first = pairs[0][0]
     classes = _dims(first)[-1] if options.loss in ("kl", "ce") and _dims(first) else None
     if not isinstance(data, TrainingData):
@@ -438,7 +463,9 @@ def distill_model(
         )
         build_seconds = time.perf_counter() - start
         targets = TeacherTargets(
-            scope.enter_context(open_session(prepared.teacher, options.provider)),
+            scope.enter_context(
+                open_session(prepared.teacher, options.provider, expose=[n for _, n in pairs])
+            ),
             data,
             [name for _, name in pairs],
             batch_size=options.batch_size,

@@ -23,7 +23,7 @@ from onnxslim.distill.autodiff import TensorTable, build_backward
 from onnxslim.distill.losses import LossGraph
 from onnxslim.distill.optimizers import OptimizerSettings, build_optimizer_step
 
-__all__ = ["TrainingGraphs", "build_training_graphs"]
+__all__ = ["TrainingGraphs", "build_training_graphs", "inferred_graph"]
 
 # Initializers above this size are left out of shape inference: weights, whose values no rule
 # reads (their shapes come from the graph inputs standing in for them).
@@ -56,7 +56,7 @@ def _value_info(tensor: onnx.TensorProto) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
 
 
-def _inferred(graph: onnx.GraphProto, opset_import, ir_version: int) -> onnx.GraphProto:
+def inferred_graph(graph: onnx.GraphProto, opset_import, ir_version: int) -> onnx.GraphProto:
     """``graph`` with value_info from onnx shape inference, run on a copy whose large
     initializers are graph inputs (so a model of any size infers quickly)."""
     skeleton = onnx.GraphProto()
@@ -105,7 +105,7 @@ def build_training_graphs(
     graph.input.extend(_value_info(by_name[name]) for name in parameters)
     loss.append_to(graph)
     data_inputs += [i.name for i in loss.inputs]
-    graph = _inferred(graph, student.opset_import, student.ir_version)
+    graph = inferred_graph(graph, student.opset_import, student.ir_version)
     table = TensorTable.of(graph)
     backward = build_backward(
         graph,
