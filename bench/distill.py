@@ -509,9 +509,15 @@ def _minilm_section(args, folder: Path, log, stages: list[Stage]) -> None:
     _prune(teacher, pruned)
     count = 512 if args.quick else args.sentences
     train = _minilm_training_data(folder, count)
+    # The sentence embedding, and every layer's hidden states: the residual stream keeps its
+    # width when heads and FFN units go, so each layer can follow its teacher's.
+    layers = [
+        f"/bert/encoder/layer.{i}/output/LayerNorm/LayerNormalization_output_0" for i in range(5)
+    ]
     options = {
         "loss": "cosine",
-        "outputs": ["sentence_embedding"],
+        "outputs": ["sentence_embedding", *layers, "last_hidden_state"],
+        "freeze": ["*embeddings*"],
         "epochs": 2 if args.quick else args.minilm_epochs,
         "batch_size": 32,
         "lr": args.minilm_lr,
@@ -526,7 +532,11 @@ def _minilm_section(args, folder: Path, log, stages: list[Stage]) -> None:
         Stage("MiniLM-L6", "pruned + distilled, native", _heldout_cosine(teacher, distilled))
     )
     calib = data_path(MINILM, "calib")
-    specs = {"int8": f"quantize(calib={calib})", "int4": "quantize(weights=int4, activations=none)"}
+    specs = {
+        "int8": f"quantize(calib={calib})",
+        # int4 blocks need opset 21
+        "int4": "convert-opset(target=21),quantize(weights=int4, activations=none)",
+    }
     for kind, spec in specs.items():
         quantized, trained = folder / f"minilm_{kind}.onnx", folder / f"minilm_{kind}_qat.onnx"
         _quantize(distilled, quantized, spec)

@@ -7,16 +7,20 @@ Shapes are drawn at random from the seed, so each rule runs on two shape draws.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from conftest import run_model
 from gradcheck import Case, check_gradients
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxslim.distill.autodiff import build_backward
 
 SEEDS = [0, 1]
 
 
-def node(op: str, inputs: list[str], outputs: list[str] | str = "y", **attrs):
+def node(op: str, inputs: list[str], outputs: list[str] | str = "y", name: str = "", **attrs):
     outputs = [outputs] if isinstance(outputs, str) else outputs
-    return helper.make_node(op, inputs, outputs, **attrs)
+    return helper.make_node(op, inputs, outputs, name=name or None, **attrs)
 
 
 def normal(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -552,3 +556,107 @@ ALL = {
 def test_gradient_matches_finite_differences(name, seed):
     errors = check_gradients(ALL[name], seed)
     assert max(errors.values()) <= 1e-4
+
+
+# ------------------------------------------------------------ straight-through estimator
+
+_INTEGER_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "int4": (-8, 7)}
+
+
+def _fake_quantized_gradient(x, scale, zero_point, attrs, opset, scale_as_input):
+    """The gradient of Σ DQ(Q(x))·R with respect to x from the backward graph, and R."""
+    weights = np.random.default_rng(3).standard_normal(x.shape).astype(np.float32)
+    params = ["scale"] + (["zero_point"] if zero_point is not None else [])
+    nodes = [
+        node("QuantizeLinear", ["x", *params], "q", **attrs),
+        node(
+            "DequantizeLinear",
+            ["q", *params],
+            "y",
+            **{k: v for k, v in attrs.items() if k != "output_dtype"},
+        ),
+        node("Mul", ["y", "r"], "weighted"),
+        node("ReduceSum", ["weighted"], "loss", keepdims=0),
+    ]
+    constants = {"r": weights, **({"zero_point": zero_point} if zero_point is not None else {})}
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))]
+    if scale_as_input:
+        inputs.append(helper.make_tensor_value_info("scale", TensorProto.FLOAT, list(scale.shape)))
+    else:
+        constants["scale"] = scale
+    initializers = [numpy_helper.from_array(v, k) for k, v in constants.items()]
+    graph = helper.make_graph(
+        nodes, "fake_quantize", inputs, [helper.make_tensor_value_info("loss", 1, [])], initializers
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = helper.find_min_ir_version_for(opsets)
+    model = onnx.shape_inference.infer_shapes(model)
+    backward = build_backward(model.graph, "loss", ["x"], opset=opset)
+    outputs = [helper.make_tensor_value_info(backward.gradients["x"], 1, list(x.shape))]
+    body = helper.make_graph(
+        [*backward.forward, *backward.nodes],
+        "grad",
+        inputs,
+        outputs,
+        [*initializers, *backward.initializers],
+    )
+    grad_model = helper.make_model(body, opset_imports=opsets)
+    grad_model.ir_version = model.ir_version
+    feeds = {"x": x, **({"scale": scale} if scale_as_input else {})}
+    return run_model(grad_model, feeds)[0], weights
+
+
+@pytest.mark.parametrize(
+    ("qtype", "scale", "zero_point", "attrs", "opset", "scale_as_input"),
+    [
+        ("uint8", np.array(0.01, np.float32), np.array(128, np.uint8), {}, 17, False),
+        ("uint8", np.array(0.01, np.float32), np.array(128, np.uint8), {}, 17, True),
+        (
+            "int8",
+            np.array([0.005, 0.01, 0.04], np.float32),
+            np.zeros(3, np.int8),
+            {"axis": 0},
+            17,
+            False,
+        ),
+        (
+            "int4",
+            np.array([[0.1, 0.2], [0.3, 0.05], [0.2, 0.1]], np.float32),
+            None,
+            {"axis": 1, "block_size": 2, "output_dtype": TensorProto.INT4},
+            21,
+            False,
+        ),
+    ],
+    ids=["per tensor", "scale at run time", "per channel", "int4 blocks"],
+)
+def test_fake_quantization_passes_gradients_straight_through_its_range(
+    qtype, scale, zero_point, attrs, opset, scale_as_input
+):
+    x = np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4)
+    gradient, weights = _fake_quantized_gradient(x, scale, zero_point, attrs, opset, scale_as_input)
+    low, high = _INTEGER_RANGES[qtype]
+    zero = np.zeros(()) if zero_point is None else zero_point.astype(np.float64)
+    if "block_size" in attrs:
+        per_element = np.repeat(scale, attrs["block_size"], axis=1)
+    elif scale.ndim:
+        per_element, zero = scale[:, None], zero.reshape(-1, 1)
+    else:
+        per_element = scale
+    inside = (x >= (low - zero) * per_element) & (x <= (high - zero) * per_element)
+    assert 0 < inside.sum() < inside.size  # both sides of the range are exercised
+    np.testing.assert_allclose(gradient, np.where(inside, weights, 0), rtol=1e-6)
+
+
+def test_round_passes_gradients_only_in_fake_quantization():
+    graph = helper.make_graph(
+        [node("Round", ["x"], "y", name="rounding"), node("ReduceSum", ["y"], "loss", keepdims=0)],
+        "round",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])],
+    )
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph))
+    assert build_backward(model.graph, "loss", ["x"], opset=17).without_gradient == ["x"]
+    through = build_backward(model.graph, "loss", ["x"], opset=17, straight_through={"rounding"})
+    assert list(through.gradients) == ["x"]
