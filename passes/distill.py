@@ -3,8 +3,8 @@
 In a recipe such as prune → distill → quantize the model being compressed is the student and
 the original model the teacher: ``teacher=`` names another one, otherwise the pipeline's
 untouched input model (``ctx.original_path()``) teaches. Relative paths in a recipe are read
-from the recipe's folder. Training needs
-onnxruntime-training (the ``train`` extra); see :mod:`onnxslim.distill`.
+from the recipe's folder. A quantized (QDQ) model trains through its fake quantization and
+stays quantized, so prune → quantize → distill works too; see :mod:`onnxslim.distill`.
 """
 
 from __future__ import annotations
@@ -22,16 +22,19 @@ from onnxslim.registry import register_pass
 
 __all__ = ["Distill"]
 
+_DEFAULTS = DistillOptions()
+
 
 @register_pass("distill")
 class Distill(Pass):
-    """Fine-tune the weights on a teacher's outputs with onnxruntime-training (lossy).
+    """Fine-tune the weights on a teacher's outputs (lossy; QDQ models stay quantized).
 
     ``data`` is a .npz (the model's input names, optional ``labels``) or a folder of .npy;
     ``teacher`` a model path (default: the pipeline's original, untouched model). ``loss`` is
     kl (temperature-scaled, plus ``alpha`` × cross-entropy with labels), mse, cosine, or ce
     (hard labels alone); ``outputs`` lists outputs to match (``a|b``, ``student=teacher``).
-    The weights of the best validation epoch are written back; the graph keeps its structure.
+    ``backend`` native (any onnxruntime, ``provider`` cpu or cuda) or ort-training. The
+    weights of the best validation epoch are written back; the graph keeps its structure.
     """
 
     lossless = False
@@ -39,21 +42,24 @@ class Distill(Pass):
 
     data: Path | None = None
     teacher: Path | None = None
-    loss: Literal["kl", "mse", "cosine", "ce"] = "kl"
+    loss: Literal["kl", "mse", "cosine", "ce"] = _DEFAULTS.loss
     outputs: list[str] = field(default_factory=list)
-    temperature: float = 4.0
-    alpha: float = 0.5
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = 0.0
-    schedule: Literal["cosine", "constant"] = "cosine"
+    temperature: float = _DEFAULTS.temperature
+    alpha: float = _DEFAULTS.alpha
+    epochs: int = _DEFAULTS.epochs
+    batch_size: int = _DEFAULTS.batch_size
+    lr: float = _DEFAULTS.lr
+    optimizer: Literal["adamw", "sgd"] = _DEFAULTS.optimizer
+    weight_decay: float = _DEFAULTS.weight_decay
+    schedule: Literal["cosine", "constant"] = _DEFAULTS.schedule
+    warmup: float = _DEFAULTS.warmup
     freeze: list[str] = field(default_factory=list)
-    val_split: float = 0.1
-    patience: int = 3
-    seed: int = 0
-    threads: int = 0
+    val_split: float = _DEFAULTS.val_split
+    patience: int = _DEFAULTS.patience
+    seed: int = _DEFAULTS.seed
+    threads: int = _DEFAULTS.threads
+    backend: Literal["native", "ort-training"] = _DEFAULTS.backend
+    provider: Literal["cpu", "cuda"] = "cpu"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
         if self.data is None:
@@ -75,6 +81,9 @@ class Distill(Pass):
 
 _OPTION_NAMES = (
     "loss",
+    "warmup",
+    "backend",
+    "provider",
     "temperature",
     "alpha",
     "epochs",

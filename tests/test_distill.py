@@ -1,7 +1,8 @@
-"""onnxslim.distill: refusals (any environment) and training (onnxruntime-training only).
+"""onnxslim.distill: refusals, and training with each backend.
 
 Teacher: the digits CNN fixture. Student: a small MLP with random weights, which has a lot to
-learn from the teacher and learns it in a few epochs on a few hundred images.
+learn from the teacher and learns it in a few epochs on a few hundred images. The native
+backend runs in every environment; ort-training only where onnxruntime-training is installed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from onnxslim.cli import app
 from onnxslim.distill import (
     DistillDataError,
     DistillOptionError,
+    GradientError,
     OutputMismatchError,
     QuantizedStudentError,
     TrainingRuntimeMissingError,
@@ -47,7 +49,11 @@ def train(test):
     return pytest.mark.train(_SKIP_WITHOUT_TRAINING(test))
 
 
-FAST = dict(epochs=4, batch_size=32, lr=3e-2, patience=0, threads=1, progress=False)
+BACKENDS = [
+    "native",
+    pytest.param("ort-training", marks=[pytest.mark.train, _SKIP_WITHOUT_TRAINING]),
+]
+FAST = dict(epochs=4, batch_size=32, lr=3e-2, warmup=0, patience=0, threads=1, progress=False)
 
 
 def mlp_student(hidden: int = 16, seed: int = 0, opset: int = 17) -> onnx.ModelProto:
@@ -107,8 +113,7 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------- refusals
 
 
-def test_quantized_student_is_refused(tmp_path, train_npz):
-    proto = mlp_student()
+def _fake_quantized_input(proto: onnx.ModelProto) -> onnx.ModelProto:
     scale = numpy_helper.from_array(np.array(0.1, np.float32), "scale")
     proto.graph.initializer.append(scale)
     proto.graph.node[0].input[0] = "image_dq"
@@ -116,14 +121,36 @@ def test_quantized_student_is_refused(tmp_path, train_npz):
         0, helper.make_node("DequantizeLinear", ["image_q", "scale"], ["image_dq"])
     )
     proto.graph.node.insert(0, helper.make_node("QuantizeLinear", ["image", "scale"], ["image_q"]))
-    with pytest.raises(QuantizedStudentError, match="distill before quantizing"):
+    return proto
+
+
+def test_quantized_student_is_refused_by_ort_training(train_npz):
+    proto = _fake_quantized_input(mlp_student())
+    with pytest.raises(QuantizedStudentError, match="use backend='native'"):
+        distill(TEACHER, proto, train_npz, backend="ort-training")
+
+
+def test_integer_arithmetic_student_is_refused(train_npz):
+    proto = mlp_student()
+    proto.graph.node[1].op_type = "QLinearMatMul"
+    with pytest.raises(QuantizedStudentError, match="QLinearMatMul node"):
         distill(TEACHER, proto, train_npz)
+
+
+def test_op_without_gradient_rule_is_named_before_training(train_npz):
+    proto = mlp_student()
+    proto.graph.node[
+        2
+    ].op_type = "Selu"  # between both Gemms: every weight reaches the loss through it
+    proto.graph.node[2].name = "act"
+    with pytest.raises(GradientError, match=r"no gradient rule for Selu \(node 'act'\)"):
+        distill(TEACHER, proto, train_npz, **FAST)
 
 
 @pytest.mark.skipif(HAS_TRAINING, reason="onnxruntime-training is installed here")
 def test_missing_training_runtime_says_how_to_install(student_path, train_npz):
     with pytest.raises(TrainingRuntimeMissingError) as caught:
-        distill(TEACHER, student_path, train_npz)
+        distill(TEACHER, student_path, train_npz, backend="ort-training")
     message = str(caught.value)
     assert "pip install -e '.[train]' torch==2.13.0" in message
     assert "make .venv-train/.installed" in message
@@ -137,7 +164,7 @@ def test_outputs_with_different_shapes_are_refused(train_npz):
 
 
 def test_output_missing_from_the_teacher_is_refused(student_path, train_npz):
-    with pytest.raises(OutputMismatchError, match="teacher has no output 'scores'"):
+    with pytest.raises(OutputMismatchError, match="teacher has no output or tensor 'scores'"):
         distill(TEACHER, student_path, train_npz, outputs=["logits=scores"])
 
 
@@ -183,7 +210,13 @@ def test_fixed_batch_student_is_refused(train_npz):
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"loss": "hinge"}, "loss must be one of"), ({"epochs": 0}, "epochs must be at least 1")],
+    [
+        ({"loss": "hinge"}, "loss must be one of"),
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"backend": "torch"}, "backend must be one of native, ort-training"),
+        ({"backend": "ort-training", "provider": "cuda"}, "trains on the cpu only"),
+        ({"warmup": 1.5}, r"warmup must be in \[0, 1\)"),
+    ],
 )
 def test_bad_options_are_refused(student_path, train_npz, options, message):
     with pytest.raises(DistillOptionError, match=message):
@@ -238,14 +271,17 @@ def test_opset_unknown_to_onnx_is_refused():
 # ------------------------------------------------------------------------------- training
 
 
-@train
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_student_improves_and_is_written_back_unchanged_in_structure(
-    tmp_path, student_path, train_npz, digits
+    tmp_path, student_path, train_npz, digits, backend
 ):
     output = tmp_path / "tuned.onnx"
     images = digits["x_test"][:200]
     before = _agreement(student_path, images)
-    report = distill(TEACHER, student_path, train_npz, output, val_split=0.2, **FAST)
+    report = distill(
+        TEACHER, student_path, train_npz, output, val_split=0.2, backend=backend, **FAST
+    )
+    assert report.backend == backend
 
     losses = [epoch.train_loss for epoch in report.epochs]
     assert losses[-1] < 0.7 * losses[0]
@@ -261,44 +297,49 @@ def test_student_improves_and_is_written_back_unchanged_in_structure(
     assert all(not np.array_equal(old[name], new[name]) for name in ("fc1.weight", "fc2.weight"))
 
 
-@train
-def test_frozen_weights_keep_their_values(tmp_path, student_path, train_npz):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frozen_weights_keep_their_values(tmp_path, student_path, train_npz, backend):
     output = tmp_path / "tuned.onnx"
-    report = distill(TEACHER, student_path, train_npz, output, freeze=["fc1.*"], **FAST)
+    report = distill(
+        TEACHER, student_path, train_npz, output, freeze=["fc1.*"], backend=backend, **FAST
+    )
     assert report.parameters == ["fc2.weight", "fc2.bias"]
     old, new = _weights(student_path), _weights(output)
     np.testing.assert_array_equal(new["fc1.weight"], old["fc1.weight"])
     assert not np.array_equal(new["fc2.weight"], old["fc2.weight"])
 
 
-@train
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("loss", ["mse", "cosine"])
-def test_regression_losses_raise_cosine_with_the_teacher(student_path, train_npz, loss):
-    report = distill(TEACHER, student_path, train_npz, loss=loss, val_split=0.2, **FAST)
+def test_regression_losses_raise_cosine_with_the_teacher(student_path, train_npz, loss, backend):
+    report = distill(
+        TEACHER, student_path, train_npz, loss=loss, val_split=0.2, backend=backend, **FAST
+    )
     assert report.metric == "cosine"
     assert report.epochs[-1].val_loss < report.epochs[0].val_loss
     assert report.metric_after > report.metric_before + 0.2
     assert any("labels ignored" in note for note in report.notes)
 
 
-@train
-def test_hard_label_loss_trains_on_labels_alone(student_path, train_npz):
-    report = distill(TEACHER, student_path, train_npz, loss="ce", val_split=0.2, **FAST)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hard_label_loss_trains_on_labels_alone(student_path, train_npz, backend):
+    report = distill(
+        TEACHER, student_path, train_npz, loss="ce", val_split=0.2, backend=backend, **FAST
+    )
     assert report.metric == "top-1 accuracy"
     assert report.metric_after > report.metric_before + 0.3
 
 
-@train
-def test_newer_opset_student_trains_and_keeps_its_opset(tmp_path, train_npz):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_newer_opset_student_trains_and_keeps_its_opset(tmp_path, train_npz, backend):
     student = tmp_path / "opset22.onnx"
     onnx.save(mlp_student(opset=MAX_OPSET + 1), student)
     output = tmp_path / "tuned.onnx"
-    report = distill(TEACHER, student, train_npz, output, **FAST)
+    report = distill(TEACHER, student, train_npz, output, backend=backend, **FAST)
     assert report.best_epoch > 0
     assert onnx.load(output).opset_import[0].version == MAX_OPSET + 1
 
 
-@train
 def test_distill_pass_runs_in_a_pipeline_with_its_epoch_table(student_path, train_npz):
     from onnxslim import optimize
 
@@ -311,7 +352,6 @@ def test_distill_pass_runs_in_a_pipeline_with_its_epoch_table(student_path, trai
     assert load(model.to_proto()).node_count() == 4
 
 
-@train
 def test_cli_writes_the_model_and_a_json_report(tmp_path, student_path, train_npz):
     output = tmp_path / "tuned.onnx"
     arguments = ["distill", "--teacher", str(TEACHER), "--student", str(student_path)]
@@ -322,3 +362,30 @@ def test_cli_writes_the_model_and_a_json_report(tmp_path, student_path, train_np
     assert data["output"] == str(output) and len(data["epochs"]) == 2
     assert data["metric_after"] >= data["metric_before"]
     onnx.checker.check_model(onnx.load(output), full_check=True)
+
+
+def test_intermediate_tensors_can_be_matched_and_outputs_stay(tmp_path, train_npz, digits):
+    """Hidden states (the Relu's output ``r``) as well as logits: the student learns both,
+    and the file written keeps only its own outputs."""
+    teacher = tmp_path / "teacher.onnx"
+    onnx.save(mlp_student(seed=1), teacher)
+    output = tmp_path / "tuned.onnx"
+    options = {**FAST, "loss": "mse", "val_split": 0.2}
+    report = distill(
+        teacher, mlp_student(seed=0), train_npz, output, outputs=["r", "logits"], **options
+    )
+    assert report.outputs == [["r", "r"], ["logits", "logits"]]
+    assert report.metric_after > report.metric_before
+    assert [o.name for o in onnx.load(output).graph.output] == ["logits"]
+    images = {"image": digits["x_test"][:64]}
+    hidden = [
+        run_model(_with_output(model, "r"), images)[1]
+        for model in (mlp_student(seed=1), mlp_student(seed=0), onnx.load(output))
+    ]
+    before, after = (float(np.mean((h - hidden[0]) ** 2)) for h in hidden[1:])
+    assert after < 0.5 * before
+
+
+def _with_output(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    proto.graph.output.append(onnx.ValueInfoProto(name=name))
+    return proto

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import onnx
-import pytest
 from typer.testing import CliRunner
 
 from onnxslim.cli import app
@@ -17,11 +16,7 @@ RECIPE = REPO / "examples" / "compress.toml"
 DIGITS = REPO / "fixtures" / "digits_cnn.onnx"
 
 
-@pytest.mark.train
 def test_compress_recipe_keeps_accuracy_at_a_tenth_of_the_size(tmp_path):
-    pytest.importorskip(
-        "onnxruntime.training", reason="needs onnxruntime-training (the `train` extra)"
-    )
     output = tmp_path / "digits.int8.onnx"
     args = ["optimize", str(DIGITS), "--recipe", str(RECIPE), "-o", str(output), "--json"]
     result = CliRunner().invoke(app, args)

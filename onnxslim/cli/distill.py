@@ -17,6 +17,9 @@ from onnxslim.cli.shell import (
     guarded,
     quiet_progress,
 )
+from onnxslim.distill.api import DistillOptions
+
+_DEFAULTS = DistillOptions()
 
 
 def _render(report, console: Console) -> None:
@@ -40,39 +43,57 @@ def distill(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the result.")],
     loss: Annotated[
         str, typer.Option("--loss", help="kl, mse, cosine, or ce (labels only).")
-    ] = "kl",
+    ] = _DEFAULTS.loss,
     outputs: Annotated[
         list[str],
         typer.Option("--outputs", help="An output to match, or student=teacher (repeatable)."),
     ] = [],  # noqa: B006
-    temperature: Annotated[float, typer.Option("--temperature", help="kl temperature.")] = 4.0,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="kl temperature.")
+    ] = _DEFAULTS.temperature,
     alpha: Annotated[
         float, typer.Option("--alpha", help="Weight of cross-entropy with labels (kl).")
-    ] = 0.5,
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 1e-3,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or sgd.")] = "adamw",
-    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.0,
-    schedule: Annotated[str, typer.Option("--schedule", help="cosine or constant.")] = "cosine",
+    ] = _DEFAULTS.alpha,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = _DEFAULTS.epochs,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = _DEFAULTS.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = _DEFAULTS.lr,
+    optimizer: Annotated[
+        str, typer.Option("--optimizer", help="adamw or sgd.")
+    ] = _DEFAULTS.optimizer,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = _DEFAULTS.weight_decay,
+    schedule: Annotated[
+        str, typer.Option("--schedule", help="cosine or constant.")
+    ] = _DEFAULTS.schedule,
+    warmup: Annotated[
+        float, typer.Option("--warmup", help="Share of the steps that ramp the rate up.")
+    ] = _DEFAULTS.warmup,
     freeze: Annotated[
         list[str], typer.Option("--freeze", help="Weights to keep, e.g. 'head.*' (repeatable).")
     ] = [],  # noqa: B006
     val_split: Annotated[
         float, typer.Option("--val-split", help="Share of samples held out to score epochs.")
-    ] = 0.1,
+    ] = _DEFAULTS.val_split,
     patience: Annotated[
         int, typer.Option("--patience", help="Stop after this many epochs without gain (0: off).")
-    ] = 3,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    ] = _DEFAULTS.patience,
+    seed: Annotated[int, typer.Option("--seed")] = _DEFAULTS.seed,
     threads: Annotated[
         int, typer.Option("--threads", min=0, help="CPU threads per step (0: onnxruntime's).")
     ] = 0,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend", help="native (any onnxruntime) or ort-training (onnxruntime-training)."
+        ),
+    ] = _DEFAULTS.backend,
+    provider: Annotated[
+        str, typer.Option("--provider", help="Where native training runs: cpu or cuda.")
+    ] = _DEFAULTS.provider,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Fine-tune STUDENT on TEACHER's outputs with onnxruntime-training; write it to OUTPUT."""
+    """Fine-tune STUDENT on TEACHER's outputs; write it to OUTPUT (QDQ students stay QDQ)."""
 
     def action() -> None:
         from onnxslim.distill import distill as run_distill
@@ -93,11 +114,14 @@ def distill(
             optimizer=optimizer,
             weight_decay=weight_decay,
             schedule=schedule,
+            warmup=warmup,
             freeze=tuple(freeze),
             val_split=val_split,
             patience=patience,
             seed=seed,
             threads=threads,
+            backend=backend,
+            provider=provider,
         )
         emit(report, as_json, quiet, _render)
 

@@ -1,4 +1,4 @@
-"""``distill``: fine-tune a student ONNX model on a teacher's outputs with onnxruntime-training.
+"""``distill``: fine-tune a student ONNX model on a teacher's outputs.
 
 >>> from onnxslim.distill import distill
 >>> report = distill("model.onnx", "pruned.onnx", "train.npz", output="tuned.onnx",
@@ -6,30 +6,33 @@
 >>> report.metric_after >= report.metric_before  # doctest: +SKIP
 True
 
-Everything that can be refused is checked before the training runtime is touched: options,
-a quantized student, outputs that do not pair up, data that does not fit.
+Two backends train: ``native`` (the default) differentiates the student's graph itself and
+runs forward, loss, backward and optimizer step as one ONNX graph in any onnxruntime build
+(CPU, or CUDA with onnxruntime-gpu); ``ort-training`` uses onnxruntime-training where it is
+installed. A QDQ student (``onnxslim quantize``) trains its float master weights through its
+fake quantization (native only) and comes back as QDQ with the same scales.
+
+Everything that can be refused is checked before training starts: options, a student with
+integer-only ops, outputs that do not pair up, data that does not fit, an op without a
+gradient rule.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from onnxslim.distill.artifacts import (
-    OPTIMIZERS,
-    OptimizerKind,
-    build_artifacts,
-    require_training,
-    trainable_parameters,
-)
+from onnxslim.distill.artifacts import build_artifacts, require_training
 from onnxslim.distill.data import TrainingData, load_training_data
 from onnxslim.distill.errors import (
     DistillDataError,
@@ -37,35 +40,30 @@ from onnxslim.distill.errors import (
     OutputMismatchError,
     QuantizedStudentError,
 )
-from onnxslim.distill.losses import CROSS_ENTROPY_OPSET, LOSS_KINDS, LossKind, build_loss
+from onnxslim.distill.losses import CROSS_ENTROPY_OPSET, LOSS_KINDS, LossGraph, LossKind, build_loss
 from onnxslim.distill.metrics import mean_cosine, metric_name, top1
+from onnxslim.distill.native import NativeBackend
+from onnxslim.distill.optimizers import OPTIMIZERS, OptimizerKind, OptimizerSettings
+from onnxslim.distill.ort_training import OrtTrainingBackend
+from onnxslim.distill.parameters import native_parameters, ort_training_parameters
+from onnxslim.distill.quantized import QuantizedWeights, lower_quantized
 from onnxslim.distill.teacher import TeacherTargets
-from onnxslim.distill.trainer import EpochRecord, Schedule, TrainOptions, train
-from onnxslim.distill.versions import default_opset, for_training_runtime
+from onnxslim.distill.trainer import EpochRecord, Schedule, TrainingBackend, TrainOptions, train
+from onnxslim.distill.training_graph import build_training_graphs, inferred_graph
+from onnxslim.distill.versions import default_opset, for_native_training, for_training_runtime
 from onnxslim.distill.writeback import write_back
 from onnxslim.inputs import input_specs
 from onnxslim.model import Model, ModelSource, iter_graphs, load, refuse_overwriting_sources, save
 from onnxslim.pipeline import PassTable
-from onnxslim.runtime import create_session
+from onnxslim.runtime import open_session
 
 __all__ = ["DistillOptions", "DistillReport", "distill", "distill_model"]
 
 DataSource = str | os.PathLike | Mapping[str, np.ndarray]
 
-# Ops that hold or produce quantized values: their integer weights cannot be trained.
-_QUANTIZED_OPS = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeLinear",
-        "QLinearConv",
-        "QLinearMatMul",
-        "MatMulInteger",
-        "ConvInteger",
-        "MatMulNBits",
-        "DynamicQuantizeMatMul",
-    }
-)
+BackendKind = Literal["native", "ort-training"]
+BACKENDS: tuple[str, ...] = ("native", "ort-training")
+_QUANTIZE_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
 @dataclass(frozen=True)
@@ -75,27 +73,32 @@ class DistillOptions:
     ``outputs`` names student outputs to match (``name`` or ``student=teacher`` when the names
     differ; default: every float output). ``alpha`` weighs the hard-label cross-entropy that
     ``kl`` adds when the data has ``labels``; ``ce`` trains on the labels alone (the baseline).
-    ``freeze`` holds shell-style patterns of initializer names to keep. ``val_split`` of the
-    samples score each epoch (top-1 for ``kl`` and ``ce``, cosine otherwise); ``patience``
-    epochs without improvement stop training (0: never). ``threads`` per training step (0:
-    onnxruntime's default).
+    ``freeze`` holds shell-style patterns of initializer names to keep. The learning rate
+    rises linearly over the first ``warmup`` share of the steps, then follows ``schedule``.
+    ``val_split`` of the samples score each epoch (top-1 for ``kl`` and ``ce``, cosine
+    otherwise); ``patience`` epochs without improvement stop training (0: never).
+    ``backend``: ``native`` (any onnxruntime; ``provider`` cpu or cuda) or ``ort-training``
+    (onnxruntime-training, CPU). ``threads`` per training step (0: onnxruntime's default).
     """
 
     loss: LossKind = "kl"
     outputs: Sequence[str] = ()
     temperature: float = 4.0
     alpha: float = 0.5
-    epochs: int = 10
+    epochs: int = 30
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-3
     optimizer: OptimizerKind = "adamw"
     weight_decay: float = 0.0
     schedule: Schedule = "cosine"
+    warmup: float = 0.05
     freeze: Sequence[str] = ()
     val_split: float = 0.1
-    patience: int = 3
+    patience: int = 5
     seed: int = 0
     threads: int = 0
+    backend: BackendKind = "native"
+    provider: str = "cpu"
     progress: bool = True
 
     def check(self) -> None:
@@ -104,6 +107,13 @@ class DistillOptions:
             (self.loss in LOSS_KINDS, f"loss must be one of {', '.join(LOSS_KINDS)}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in ("cosine", "constant"), "schedule must be cosine or constant"),
+            (0 <= self.warmup < 1, "warmup must be in [0, 1)"),
+            (self.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}"),
+            (self.provider in ("cpu", "cuda"), "provider must be cpu or cuda"),
+            (
+                self.backend == "native" or self.provider == "cpu",
+                "the ort-training backend trains on the cpu only; use backend=native for cuda",
+            ),
             (self.temperature > 0, "temperature must be positive"),
             (self.alpha >= 0, "alpha must be zero or positive"),
             (self.epochs >= 1, "epochs must be at least 1"),
@@ -124,6 +134,7 @@ class DistillReport:
     """What ``distill`` did: the pairing, the data, each epoch, and the score before/after."""
 
     loss: str
+    backend: str
     outputs: list[list[str]]
     metric: str
     parameters: list[str]
@@ -131,11 +142,12 @@ class DistillReport:
     train_samples: int
     val_samples: int
     teacher_cached: bool
+    quantized_weights: int = 0
     epochs: list[EpochRecord] = field(default_factory=list)
     best_epoch: int = 0
     metric_before: float | None = None
     stopped_early: bool = False
-    artifacts_seconds: float = 0.0
+    build_seconds: float = 0.0
     train_seconds: float = 0.0
     output: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -168,8 +180,14 @@ class DistillReport:
         def percent(value: float | None) -> str:
             return "n/a" if value is None else f"{value:.2%}"
 
+        quantized = (
+            f", {self.quantized_weights} through fake quantization"
+            if self.quantized_weights
+            else ""
+        )
         return (
-            f"trained {len(self.parameters)} weights ({self.parameter_count:,} values) for "
+            f"trained {len(self.parameters)} weights ({self.parameter_count:,} values{quantized}) "
+            f"with {self.backend} for "
             f"{len(self.epochs)} epochs, kept epoch {self.best_epoch}; {self.metric} "
             f"{percent(self.metric_before)} -> {percent(self.metric_after)}"
         )
@@ -181,14 +199,10 @@ class DistillReport:
         return data
 
 
-def _refuse_quantized(student: Model) -> None:
-    for graph in iter_graphs(student.graph):
-        for node in graph.nodes:
-            if node.op in _QUANTIZED_OPS:
-                raise QuantizedStudentError(
-                    f"the student is quantized ({node.op} node '{node.name}'): distill before "
-                    "quantizing, then quantize the distilled model"
-                )
+def _is_quantized(student: Model) -> bool:
+    return any(
+        node.op in _QUANTIZE_OPS for graph in iter_graphs(student.graph) for node in graph.nodes
+    )
 
 
 def _teacher_proto(teacher: ModelSource) -> onnx.ModelProto:
@@ -217,12 +231,13 @@ def _shape_text(value: onnx.ValueInfoProto) -> str:
 def _pair_outputs(
     student: onnx.ModelProto, teacher: onnx.ModelProto, requested: Sequence[str]
 ) -> list[tuple[onnx.ValueInfoProto, str]]:
-    """(student output, teacher output name) for each output to match."""
-    student_outputs = {o.name: o for o in student.graph.output}
-    teacher_outputs = {o.name: o for o in teacher.graph.output}
-    if requested:
-        pairs = [tuple(item.split("=", 1)) if "=" in item else (item, item) for item in requested]
-    else:
+    """(student output, teacher output name) for each output to match. A requested name may
+    also be an intermediate tensor of either model (a layer's hidden states): it is matched
+    like an output."""
+    pairs = [tuple(item.split("=", 1)) if "=" in item else (item, item) for item in requested]
+    student_outputs = _matchable(student, [a for a, _ in pairs])
+    teacher_outputs = _matchable(teacher, [b for _, b in pairs])
+    if not requested:
         floats = _float_outputs(student)
         if not floats:
             raise OutputMismatchError("the student has no float32 outputs to distill")
@@ -235,14 +250,14 @@ def _pair_outputs(
     for student_name, teacher_name in pairs:
         if student_name not in student_outputs:
             raise OutputMismatchError(
-                f"'{student_name}' is not an output of the student "
-                f"(its outputs: {', '.join(student_outputs)})"
+                f"'{student_name}' is neither an output nor a tensor of the student "
+                f"(its outputs: {', '.join(o.name for o in student.graph.output)})"
             )
         if teacher_name not in teacher_outputs:
             raise OutputMismatchError(
-                f"the teacher has no output '{teacher_name}' to match the student's "
-                f"(its outputs: {', '.join(teacher_outputs)}); pair them with "
-                f"outputs=['{student_name}=<teacher output>']"
+                f"the teacher has no output or tensor '{teacher_name}' to match the student's "
+                f"(its outputs: {', '.join(o.name for o in teacher.graph.output)}); pair them "
+                f"with outputs=['{student_name}=<teacher output>']"
             )
         ours, theirs = student_outputs[student_name], teacher_outputs[teacher_name]
         for value, role in ((ours, "student"), (theirs, "teacher")):
@@ -252,13 +267,36 @@ def _pair_outputs(
                     "can be distilled"
                 )
         a, b = _dims(ours), _dims(theirs)
-        if len(a) != len(b) or any(x and y and x != y for x, y in zip(a, b, strict=True)):
+        if len(a) != len(b) or any(
+            isinstance(x, int) and isinstance(y, int) and x and y and x != y
+            for x, y in zip(a, b, strict=True)
+        ):
             raise OutputMismatchError(
                 f"the student's output '{student_name}' has shape {_shape_text(ours)} but the "
                 f"teacher's '{teacher_name}' has shape {_shape_text(theirs)}"
             )
         matched.append((ours, teacher_name))
     return matched
+
+
+def _matchable(proto: onnx.ModelProto, names: Sequence[str]) -> dict[str, onnx.ValueInfoProto]:
+    """The graph outputs of ``proto``, and those of ``names`` that are intermediate tensors,
+    typed by shape inference."""
+    found = {o.name: o for o in proto.graph.output}
+    if all(name in found for name in names):
+        return found
+    graph = inferred_graph(proto.graph, proto.opset_import, proto.ir_version)
+    for value in graph.value_info:
+        if value.name in names and value.name not in found:
+            found[value.name] = value
+    return found
+
+
+def _expose(proto: onnx.ModelProto, values: Sequence[onnx.ValueInfoProto]) -> None:
+    """Make the intermediate tensors ``values`` outputs of ``proto`` too (for training only:
+    the model written back keeps its own outputs)."""
+    present = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(v for v in values if v.name not in present)
 
 
 def _check_labels(data: TrainingData, first: onnx.ValueInfoProto) -> None:
@@ -296,6 +334,87 @@ def _split(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return np.sort(order[held_out:]), np.sort(order[:held_out])
 
 
+@dataclass
+class _Prepared:
+    """What trains: the student converted (and with float masters for quantized weights) for
+    the backend, and the teacher as the backend's session runs it."""
+
+    student: onnx.ModelProto
+    teacher: onnx.ModelProto
+    quantized: QuantizedWeights
+
+
+def _prepare(teacher: ModelSource, student: Model, options: DistillOptions) -> _Prepared:
+    teacher_proto = _teacher_proto(teacher)
+    if options.backend == "ort-training":
+        if _is_quantized(student):
+            raise QuantizedStudentError(
+                "the student is quantized (QuantizeLinear/DequantizeLinear): onnxruntime-training "
+                "cannot train through them; use backend='native', or distill before quantizing"
+            )
+        return _Prepared(
+            for_training_runtime(student.to_proto(), "student"),
+            for_training_runtime(teacher_proto, "teacher"),
+            QuantizedWeights(),
+        )
+    lowered, quantized = lower_quantized(student.to_proto())
+    return _Prepared(for_native_training(lowered, "student"), teacher_proto, quantized)
+
+
+def _backend(
+    prepared: _Prepared,
+    loss: LossGraph,
+    parameters: list[str],
+    options: DistillOptions,
+    eval_outputs: list[str],
+    scope: contextlib.ExitStack,
+) -> tuple[TrainingBackend, list[str], list[str]]:
+    """The backend, the parameters it trains, and notes; ``scope`` holds what it opens."""
+    if options.backend == "ort-training":
+        require_training()
+        scratch = Path(scope.enter_context(tempfile.TemporaryDirectory(prefix="onnxslim-distill-")))
+        artifacts = build_artifacts(
+            prepared.student,
+            loss,
+            parameters,
+            scratch,
+            optimizer=options.optimizer,
+            weight_decay=options.weight_decay,
+            extra_outputs=eval_outputs,
+        )
+        return OrtTrainingBackend(artifacts, threads=options.threads), parameters, []
+    if not parameters:
+        raise DistillOptionError(
+            "nothing to train: the student has no float32 weights left after freeze="
+        )
+    graphs = build_training_graphs(
+        prepared.student,
+        loss,
+        parameters,
+        OptimizerSettings(kind=options.optimizer, weight_decay=options.weight_decay),
+        eval_outputs=eval_outputs,
+    )
+    notes = []
+    if graphs.frozen:
+        shown = ", ".join(graphs.frozen[:3]) + (" ..." if len(graphs.frozen) > 3 else "")
+        notes.append(
+            f"{len(graphs.frozen)} initializers kept as they are (the loss does not depend "
+            f"on them): {shown}"
+        )
+    chosen = set(graphs.parameters)
+    initial = {
+        t.name: numpy_helper.to_array(t)
+        for t in prepared.student.graph.initializer
+        if t.name in chosen
+    }
+    sessions = tuple(
+        scope.enter_context(open_session(model, options.provider, threads=options.threads))
+        for model in (graphs.step_model, graphs.eval_model)
+    )
+    backend = NativeBackend(graphs, initial, sessions, device=options.provider)
+    return backend, graphs.parameters, notes
+
+
 def distill_model(
     teacher: ModelSource,
     student: Model,
@@ -310,32 +429,22 @@ def distill_model(
     """
     options = options or DistillOptions()
     options.check()
-    _refuse_quantized(student)
-    student_proto = for_training_runtime(student.to_proto(), "student")
-    teacher_proto = for_training_runtime(_teacher_proto(teacher), "teacher")
-    pairs = _pair_outputs(student_proto, teacher_proto, options.outputs)
+    prepared = _prepare(teacher, student, options)
+    pairs = _pair_outputs(prepared.student, prepared.teacher, options.outputs)
+    _expose(prepared.student, [value for value, _ in pairs])
     first = pairs[0][0]
     classes = _dims(first)[-1] if options.loss in ("kl", "ce") and _dims(first) else None
     if not isinstance(data, TrainingData):
-        data = load_training_data(data, input_specs(student_proto), classes=classes)
-    opset = default_opset(student_proto)
+        data = load_training_data(data, input_specs(prepared.student), classes=classes)
+    opset = default_opset(prepared.student)
     use_labels, notes = _label_use(options, data, opset)
     if use_labels:
         _check_labels(data, first)
     if len(data) < 2 and options.val_split > 0:
         raise DistillDataError("the data holds one sample: too few to hold some out for validation")
     train_indices, val_indices = _split(len(data), options.val_split, options.seed)
-    parameters = trainable_parameters(student_proto, options.freeze)
-
-    require_training()
-    session = create_session(teacher_proto.SerializeToString())
-    targets = TeacherTargets(
-        session,
-        data,
-        [name for _, name in pairs],
-        batch_size=options.batch_size,
-        progress=options.progress,
-    )
+    choose = ort_training_parameters if options.backend == "ort-training" else native_parameters
+    parameters = choose(prepared.student, options.freeze)
     loss = build_loss(
         [value for value, _ in pairs],
         options.loss,
@@ -344,37 +453,44 @@ def distill_model(
         alpha=options.alpha,
         labels=use_labels,
     )
-    report = DistillReport(
-        loss=options.loss,
-        outputs=[[value.name, name] for value, name in pairs],
-        metric=metric_name(options.loss, use_labels),
-        parameters=parameters,
-        parameter_count=0,
-        train_samples=len(train_indices),
-        val_samples=len(val_indices),
-        teacher_cached=targets.cached,
-        notes=notes,
-    )
     if not use_labels:
         data = TrainingData(data.inputs, None)
-    with tempfile.TemporaryDirectory(prefix="onnxslim-distill-") as scratch:
+    eval_outputs = [value.name for value, _ in pairs]
+    with contextlib.ExitStack() as scope:
         start = time.perf_counter()
-        artifacts = build_artifacts(
-            student_proto,
-            loss,
-            parameters,
-            Path(scratch),
-            optimizer=options.optimizer,
-            weight_decay=options.weight_decay,
-            extra_outputs=[value.name for value, _ in pairs],
+        backend, parameters, build_notes = _backend(
+            prepared, loss, parameters, options, eval_outputs, scope
         )
-        report.artifacts_seconds = time.perf_counter() - start
+        build_seconds = time.perf_counter() - start
+        targets = TeacherTargets(
+            scope.enter_context(
+                open_session(prepared.teacher, options.provider, expose=[n for _, n in pairs])
+            ),
+            data,
+            [name for _, name in pairs],
+            batch_size=options.batch_size,
+            progress=options.progress,
+        )
+        report = DistillReport(
+            loss=options.loss,
+            backend=options.backend,
+            outputs=[[value.name, name] for value, name in pairs],
+            metric=metric_name(options.loss, use_labels),
+            parameters=[prepared.quantized.stored_name(p) for p in parameters],
+            parameter_count=0,
+            train_samples=len(train_indices),
+            val_samples=len(val_indices),
+            teacher_cached=targets.cached,
+            quantized_weights=len(prepared.quantized.fake_quantized & set(parameters)),
+            build_seconds=build_seconds,
+            notes=notes + build_notes,
+        )
         start = time.perf_counter()
         result = train(
-            artifacts,
+            backend,
             data,
             targets,
-            [value.name for value, _ in pairs],
+            {value.name: name for value, name in pairs},
             train_indices=train_indices,
             val_indices=val_indices,
             metric=top1 if options.loss in ("kl", "ce") else mean_cosine,
@@ -383,14 +499,16 @@ def distill_model(
                 batch_size=options.batch_size,
                 lr=options.lr,
                 schedule=options.schedule,
+                warmup=options.warmup,
                 patience=options.patience,
                 seed=options.seed,
-                threads=options.threads,
                 progress=options.progress,
             ),
         )
         report.train_seconds = time.perf_counter() - start
-    write_back(student, result.parameters)
+    masters = prepared.quantized.masters
+    prepared.quantized.write_back(student, result.parameters)
+    write_back(student, {k: v for k, v in result.parameters.items() if k not in masters})
     report.parameter_count = int(sum(v.size for v in result.parameters.values()))
     report.epochs = result.epochs
     report.best_epoch = result.best_epoch

@@ -2,23 +2,18 @@
 
 ``onnxruntime.training.artifacts.generate_artifacts`` builds the gradient graph; the loss is
 an onnxblock that appends the nodes of :mod:`onnxslim.distill.losses` to the student's graph.
-Parameters are the student's float32 initializers that only feed inputs with a gradient in
-onnxruntime-training (weights and biases of Conv, Gemm, MatMul, normalizations, embeddings,
-elementwise arithmetic); anything else (Resize scales, Clip bounds, running statistics) stays a
-constant, as do the names matched by ``freeze`` patterns.
+Which initializers train is :func:`onnxslim.distill.parameters.ort_training_parameters`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Literal
 
 import onnx
 
@@ -28,35 +23,13 @@ from onnxslim.distill.errors import (
     TrainingRuntimeMissingError,
 )
 from onnxslim.distill.losses import LossGraph
+from onnxslim.distill.optimizers import OPTIMIZERS, OptimizerKind
 
 __all__ = [
-    "OptimizerKind",
-    "OPTIMIZERS",
     "Artifacts",
     "require_training",
-    "trainable_parameters",
     "build_artifacts",
 ]
-
-OptimizerKind = Literal["adamw", "sgd"]
-OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
-
-# Inputs (by position) through which onnxruntime-training propagates gradients to a weight.
-_TRAINABLE_INPUTS: dict[str, tuple[int, ...]] = {
-    "Conv": (1, 2),
-    "ConvTranspose": (1, 2),
-    "Gemm": (0, 1, 2),
-    "MatMul": (0, 1),
-    "Add": (0, 1),
-    "Sub": (0, 1),
-    "Mul": (0, 1),
-    "Div": (0, 1),
-    "BatchNormalization": (1, 2),
-    "LayerNormalization": (1, 2),
-    "InstanceNormalization": (1, 2),
-    "Gather": (0,),
-    "PRelu": (1,),
-}
 
 
 def require_training() -> ModuleType:
@@ -88,28 +61,6 @@ def _native_stderr_silenced() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def trainable_parameters(proto: onnx.ModelProto, freeze: Sequence[str] = ()) -> list[str]:
-    """Names of the float32 initializers to train, in graph order, minus ``freeze`` patterns.
-
-    Patterns are shell-style (``fnmatch``): ``head.*``, ``*bias``, ``onnx::Conv_53``.
-    """
-    graph = proto.graph
-    positions: dict[str, list[tuple[str, int]]] = {}
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            positions.setdefault(name, []).append((node.op_type, index))
-    names = []
-    for tensor in graph.initializer:
-        if tensor.data_type != onnx.TensorProto.FLOAT or tensor.name not in positions:
-            continue
-        if any(index not in _TRAINABLE_INPUTS.get(op, ()) for op, index in positions[tensor.name]):
-            continue
-        if any(fnmatch.fnmatchcase(tensor.name, pattern) for pattern in freeze):
-            continue
-        names.append(tensor.name)
-    return names
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ __all__ = [
     "DistillDataError",
     "UnsupportedVersionError",
     "DistillOptionError",
+    "GradientError",
     "TRAIN_INSTALL_HINT",
 ]
 
@@ -47,3 +48,8 @@ class UnsupportedVersionError(DistillError):
 
 class DistillOptionError(DistillError):
     """An option value is out of range (loss name, epochs, learning rate, ...)."""
+
+
+class GradientError(DistillError):
+    """The student holds an op (or an op's form) that has no gradient rule: raised while the
+    training graph is built, before any training, naming the op and the node."""

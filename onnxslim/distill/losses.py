@@ -20,12 +20,12 @@ Several matched outputs add up to one loss.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+from onnxslim.distill.emitter import GraphEmitter
 
 __all__ = [
     "LossKind",
@@ -46,8 +46,7 @@ LOSS_OUTPUT = "distill/loss"
 _PREFIX = "distill/"
 # Keeps the cosine's denominator away from zero for all-zero vectors.
 _COSINE_EPS = 1e-12
-# The opset where ReduceSum takes axes as an input, and the one with SoftmaxCrossEntropyLoss.
-_REDUCE_AXES_AS_INPUT = 13
+# The opset that brought SoftmaxCrossEntropyLoss.
 CROSS_ENTROPY_OPSET = 12
 
 
@@ -56,16 +55,13 @@ def target_name(output: str) -> str:
     return f"{_PREFIX}teacher/{output}"
 
 
-@dataclass
-class LossGraph:
+class LossGraph(GraphEmitter):
     """Nodes, constants and new inputs (teacher targets, labels) computing one scalar loss."""
 
-    opset: int
-    nodes: list[onnx.NodeProto] = field(default_factory=list)
-    initializers: list[onnx.TensorProto] = field(default_factory=list)
-    inputs: list[onnx.ValueInfoProto] = field(default_factory=list)
-    output: str = LOSS_OUTPUT
-    _count: int = 0
+    def __init__(self, opset: int) -> None:
+        super().__init__(_PREFIX, opset)
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.output = LOSS_OUTPUT
 
     def append_to(self, graph: onnx.GraphProto) -> None:
         """Add the loss to ``graph`` (whose outputs the loss reads)."""
@@ -73,32 +69,11 @@ class LossGraph:
         graph.initializer.extend(self.initializers)
         graph.input.extend(self.inputs)
 
-    # -- building blocks; every name gets the ``distill/`` prefix so none collides
-
-    def fresh(self, hint: str) -> str:
-        self._count += 1
-        return f"{_PREFIX}{hint}_{self._count}"
-
-    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
-        output = output or self.fresh(op_type.lower())
-        self.nodes.append(
-            helper.make_node(op_type, inputs, [output], name=self.fresh(op_type), **attrs)
-        )
-        return output
-
-    def constant(self, value: float | list[int], dtype=np.float32) -> str:
-        name = self.fresh("const")
-        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
-
     def sum_last_axis(self, tensor: str) -> str:
-        if self.opset >= _REDUCE_AXES_AS_INPUT:
-            axes = self.constant([-1], dtype=np.int64)
-            return self.op("ReduceSum", [tensor, axes], keepdims=0)
-        return self.op("ReduceSum", [tensor], axes=[-1], keepdims=0)
+        return self.reduce("ReduceSum", tensor, [-1], keepdims=False)
 
     def mean_all(self, tensor: str) -> str:
-        return self.op("ReduceMean", [tensor], keepdims=0)
+        return self.reduce("ReduceMean", tensor, None, keepdims=False)
 
     def scaled(self, tensor: str, factor: float) -> str:
         return tensor if factor == 1.0 else self.op("Mul", [tensor, self.constant(factor)])
@@ -137,17 +112,8 @@ def _cross_entropy(graph: LossGraph, student: str, rank: int) -> str:
     logits = student
     if rank > 2:  # SoftmaxCrossEntropyLoss wants the classes on axis 1
         logits = graph.op("Transpose", [student], perm=[0, rank - 1, *range(1, rank - 1)])
-    loss = graph.fresh("cross_entropy")
-    # The gradient builder reads the second output (log-probabilities), so it must exist.
-    graph.nodes.append(
-        helper.make_node(
-            "SoftmaxCrossEntropyLoss",
-            [logits, LABELS_INPUT],
-            [loss, graph.fresh("log_prob")],
-            name=graph.fresh("SoftmaxCrossEntropyLoss"),
-            reduction="mean",
-        )
-    )
+    # Gradient builders read the second output (log-probabilities), so it must exist.
+    loss, _ = graph.op_multi("SoftmaxCrossEntropyLoss", [logits, LABELS_INPUT], 2, reduction="mean")
     return loss
 
 
