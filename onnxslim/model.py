@@ -368,12 +368,31 @@ def copy_graph(graph: gs.Graph) -> gs.Graph:
     value is a tensor, a sequence or another kind (``Variable.type``). Passes that rewrite a
     copy and swap it in would otherwise turn sequence inputs into tensors."""
     copy = graph.copy()
-    for original, copied in zip(iter_graphs(graph), iter_graphs(copy), strict=True):
+    pairs = list(zip(iter_graphs(graph), iter_graphs(copy), strict=True))
+    for original, copied in pairs:
         kinds = {name: t.type for name, t in original.tensors().items() if hasattr(t, "type")}
         for name, tensor in copied.tensors().items():
             if name in kinds:
                 tensor.type = kinds[name]
+    _share_outer_tensors(pairs)
     return copy
+
+
+def _share_outer_tensors(pairs: list[tuple[gs.Graph, gs.Graph]]) -> None:
+    """Make a subgraph of the copy read the outer graph's copy of a tensor it reads from an
+    enclosing scope, as the original does: gs copies such a tensor once per subgraph, and
+    several Constants of one name are initializers that onnx.checker refuses as duplicates."""
+    canonical: dict[int, gs.Tensor] = {}
+    for original, copied in pairs:  # outer graphs first: they name the canonical copy
+        copies = copied.tensors()
+        for name, tensor in original.tensors().items():
+            canonical.setdefault(id(tensor), copies[name])
+    for original, copied in pairs[1:]:
+        for source, target in zip(original.nodes, copied.nodes, strict=True):
+            for index, tensor in enumerate(source.inputs):
+                shared = canonical.get(id(tensor))
+                if shared is not None and target.inputs[index] is not shared:
+                    target.inputs[index] = shared
 
 
 def file_bytes(files: Iterable[str | os.PathLike]) -> int | None:
@@ -428,7 +447,7 @@ def read_constant_bytes(tensor: gs.Constant, limit: int | None = None) -> bytes 
     ):
         data = memoryview(values.tensor.raw_data)
     else:
-        data = memoryview(np.ascontiguousarray(read_constant(tensor))).cast("B")
+        data = byte_view(np.ascontiguousarray(read_constant(tensor)))
     return data if limit is None else data[:limit]
 
 
@@ -1603,10 +1622,16 @@ class _InlineTensor:
                 dims=array.shape,
             )
             return cls(
-                head.SerializeToString(), array.nbytes, lambda: (memoryview(array).cast("B"),)
+                head.SerializeToString(), array.nbytes, lambda: (byte_view(array),)
             )
         whole = _tensor_proto(constant, base_dir).SerializeToString()
         return cls(whole, None, tuple)
+
+
+def byte_view(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous ``array``, not copied (``memoryview.cast`` refuses arrays
+    with a zero-length axis, which ONNX allows)."""
+    return memoryview(array.reshape(-1).view(np.uint8))
 
 
 def _raw_is_native(dtype: np.dtype) -> bool:

@@ -383,6 +383,55 @@ def test_scalar_and_strided_numpy_constants_keep_their_shapes(tmp_path):
     np.testing.assert_array_equal(written["w"], np.asarray(weight.values))
 
 
+def test_empty_numpy_constants_are_written(tmp_path):
+    """A tensor with a zero-length axis (onnx's backend tests have them) has no bytes to write,
+    which the streaming writer must not trip over."""
+    model = load(_matmul_model())
+    empty = gs.Constant("state", np.zeros((2, 0, 3), np.float32))
+    concat = gs.Node(
+        "Concat", inputs=[model.graph.outputs[0], empty], outputs=[gs.Variable("z")]
+    )
+    concat.attrs["axis"] = 1
+    model.graph.nodes.append(concat)
+    saved = onnx.load(save(model, tmp_path / "out.onnx"))
+    (state,) = [t for t in saved.graph.initializer if t.name == "state"]
+    assert numpy_helper.to_array(state).shape == (2, 0, 3)
+
+
+def test_copies_of_subgraphs_share_the_outer_constants_they_read(tmp_path):
+    """gs copies an outer tensor once per subgraph that reads it; copy_graph keeps one, so a
+    copy swapped back in does not write an initializer twice."""
+    then_branch = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["t"])],
+        "then",
+        [],
+        [tensor_info("t", TensorProto.FLOAT, [4])],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Sub", ["x", "one"], ["e"])],
+        "else",
+        [],
+        [tensor_info("e", TensorProto.FLOAT, [4])],
+    )
+    node = helper.make_node("If", ["c"], ["y"], then_branch=then_branch, else_branch=else_branch)
+    proto = make_model(
+        [node],
+        [tensor_info("x", TensorProto.FLOAT, [4]), tensor_info("c", TensorProto.BOOL, [])],
+        [tensor_info("y", TensorProto.FLOAT, [4])],
+        initializers=[numpy_helper.from_array(np.ones(4, np.float32), "one")],
+    )
+    model = load(proto)
+    copy = model_io.copy_graph(model.graph)
+    model.graph.nodes, model.graph.inputs, model.graph.outputs = (
+        copy.nodes,
+        copy.inputs,
+        copy.outputs,
+    )
+    written = to_proto(model)
+    onnx.checker.check_model(written)
+    assert [t.name for t in written.graph.initializer] == ["one"]
+
+
 def test_large_initializers_are_read_from_the_model_file_only_when_needed(tmp_path):
     """A model file's weights of 1 MiB and more are not parsed into memory at load: they are
     read from their range of the file when a pass or a save asks."""
