@@ -128,7 +128,11 @@ def test_notes_print_whole_below_the_tables(onnxslim):
     last_table_line = max(i for i, line in enumerate(run.stdout.splitlines()) if "└" in line)
     below = _words("\n".join(run.stdout.splitlines()[last_table_line + 1 :]))
     assert "note (quantize): quantized 9 layer(s)" in below
-    assert re.search(r"output cosine vs float 0\.99\d+ on 16 sample\(s\)", below)
+    assert re.search(
+        r"held-out quality: top-1 agreement [\d.]+%, cosine [\d.]+ \(worst sample [\d.]+\) "
+        r"on \d+ held-out sample\(s\)",
+        below,
+    )
     assert_reads_cleanly(run)
 
 
@@ -193,13 +197,13 @@ def test_min_cosine_decides_alone_for_a_lossy_model(onnxslim):
 
     passing = onnxslim("validate", "digits_cnn.onnx", "q.onnx", *data, "--min-cosine", "0.99")
     failing = onnxslim(
-        "validate", "digits_cnn.onnx", "q.onnx", *data, "--min-cosine", "0.9999", "--atol", "inf"
+        "validate", "digits_cnn.onnx", "q.onnx", *data, "--min-cosine", "0.999999", "--atol", "inf"
     )
 
     assert passing.exit_code == 0, passing.output
     assert failing.exit_code == 1, failing.output
     assert passing.stderr == failing.stderr == ""  # no numpy warning for an infinite atol
-    assert re.search(r"✗ logits: cosine 0\.99\d+ < min_cosine 0\.9999$", failing.stdout, re.M)
+    assert re.search(r"✗ logits: cosine 0\.99\d+ < min_cosine 0\.999999$", failing.stdout, re.M)
 
 
 def test_a_failed_validation_names_the_reason_below_the_table(onnxslim):

@@ -88,15 +88,9 @@ __all__ = ["Quantize", "AlreadyQuantizedError", "QUANTIZED_OPS"]
 # A tensor whose range reaches beyond this holds sentinels (attention masks of -3.4e38), whose
 # quantization step would swallow every real value beside them.
 _SENTINEL = 1e6
-_TABLE_COLUMNS = [
-    "layer",
-    "op",
-    "weights",
-    "weight SQNR dB",
-    "layer SQNR dB",
-    "output SQNR dB",
-    "kept",
-]
+# SQNR in dB of the weight, of the layer's output with only that layer quantized, and of its
+# output in the quantized model (the error accumulated up to it); short, for 80 columns.
+_TABLE_COLUMNS = ["layer", "op", "type", "weight", "layer", "model", "kept"]
 # Ops that mark a model as quantized already.
 QUANTIZED_OPS = frozenset(
     {
@@ -256,7 +250,7 @@ class Quantize(Pass):
         # Shapes in the file let onnxruntime fuse more (SkipLayerNormalization needs them).
         ctx.model.keep_value_info = True
         scheme = f"{activations} activations ({reason})" if self.activations == "auto" else ""
-        self._report(ctx, attempt, excluded, scheme)
+        self._report(ctx, attempt, excluded, scheme, len(data.calibration))
         return True
 
     # ----------------------------------------------------------------------------- steps
@@ -532,7 +526,12 @@ class Quantize(Pass):
         attempt.kept = found.kept
 
     def _report(
-        self, ctx: PassContext, attempt: _Attempt, excluded: list[str], scheme: str
+        self,
+        ctx: PassContext,
+        attempt: _Attempt,
+        excluded: list[str],
+        scheme: str,
+        calibrated: int,
     ) -> None:
         local, output_sqnr = attempt.local, attempt.output_sqnr
         rows = [
@@ -552,12 +551,21 @@ class Quantize(Pass):
             for key in attempt.kept
         ]
         rows += [[key, "", "float", None, None, None, "excluded"] for key in excluded]
-        ctx.table("quantize: per-layer SQNR (float vs quantized)", _TABLE_COLUMNS, rows)
+        ctx.table(
+            "quantize: SQNR in dB of each layer's weight, its output alone, its output in the "
+            "quantized model",
+            _TABLE_COLUMNS,
+            rows,
+        )
         activations = attempt.activations
         mode = f"{self.weights} weights, " + {
             "none": "weight-only",
             "dynamic": "dynamic activations",
-        }.get(activations, f"{activations} activations ({self.calibration} calibration)")
+        }.get(
+            activations,
+            f"{activations} activations ({self.calibration} calibration on "
+            f"{calibrated} sample(s))",
+        )
         if attempt.alpha is not None:
             mode += f", smoothed (alpha {attempt.alpha})"
         summary = f"quantized {len(attempt.results)} layer(s): {mode}"
