@@ -103,7 +103,7 @@ def test_prune_channels_alone_reads_batchnorm_parameters_through_identity(tmp_pa
     """Without the lossless pipeline first, the pass itself must cope with the raw graph."""
     source = _with_dead_rows("raw_cnn", dict(CNN_DEAD), tmp_path)
 
-    model, report = optimize(source, passes="prune-channels(ratio=0.5)")
+    model, report = optimize(source, passes="prune-channels(ratio=0.5)", prepare=False)
 
     (record,) = report.passes
     assert record.changed, record.notes
@@ -154,10 +154,16 @@ def test_prune_on_a_raw_llama_export_prunes_grouped_query_heads(tmp_path):
 
 @pytest.mark.parametrize("name", ["raw_cnn", "raw_distilbert", "raw_llama"])
 def test_prune_at_ratio_zero_keeps_the_outputs(tmp_path, name):
+    """The command's whole pipeline (preparation, the pass, the lossless pipeline after) with
+    nothing pruned: the command refuses to write (exit 4), the same steps through the API
+    keep the outputs."""
     source = FIXTURES / f"{name}.onnx"
     out = tmp_path / "pruned.onnx"
 
-    groups = _groups(_prune(source, 0.0, out))
+    refused = CliRunner().invoke(app, ["prune", str(source), "--ratio", "0", "-o", str(out)])
+    assert refused.exit_code == 4 and not out.exists(), refused.output
+    _, report = optimize(source, passes="prune-channels(ratio=0.0),default", output=out)
 
-    assert all(row[4] != "pruned" for row in groups.values())
+    groups = _groups(report.to_dict())
+    assert groups and all(row[4] != "pruned" for row in groups.values())
     _assert_same_outputs(source, out)

@@ -433,7 +433,7 @@ def test_a_command_that_changes_nothing_exits_4_and_writes_nothing(tmp_path: Pat
     onnx.save(model, source)
     result = CliRunner().invoke(app, ["quantize", str(source), "-o", str(output)])
     assert result.exit_code == 4, result.output
-    assert "nothing to do" in result.output and "no layer to quantize" in result.output
+    assert "changed nothing" in result.output and "no layer to quantize" in result.output
     assert not output.exists()
 
 
