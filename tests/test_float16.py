@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -176,8 +177,12 @@ def test_cli_block_adds_to_the_default_block_list(tmp_path):
     runner = CliRunner()
     refused = runner.invoke(app, ["float16", str(source), "--block", "NoSuchOp", "-o", str(output)])
     assert refused.exit_code == 2 and "NoSuchOp" in refused.stderr
-    done = runner.invoke(app, ["float16", str(source), "--block", "Sigmoid", "-o", str(output)])
+    done = runner.invoke(
+        app, ["float16", str(source), "--block", "Sigmoid", "-o", str(output), "--json"]
+    )
     assert done.exit_code == 0, done.output
+    (label,) = [p["name"] for p in json.loads(done.stdout)["passes"] if p["name"][:7] == "float16"]
+    assert "'Resize'" in label and "'Sigmoid'" in label  # the option the pass got
     converted = onnx.load(output)
     float32_inputs = {n.op_type: _input_type(converted, n.input[0]) for n in converted.graph.node}
     assert float32_inputs["Resize"] == TensorProto.FLOAT  # the default list still applies

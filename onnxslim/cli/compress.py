@@ -57,7 +57,9 @@ class PassCommand:
     ``flags`` gives an option its command-line names where the derived ``--option-name`` is
     not what people type (``{"target": ("--opset",)}``; booleans as ``"--yes/--no"``).
     ``defaults`` are the command's own defaults; giving one option of ``exclusive`` on the
-    command line drops the command defaults of the others. ``before`` and ``after`` are
+    command line drops the command defaults of the others. List options named in ``extend``
+    add what the command line gives to the pass's default list instead of replacing it
+    (``float16 --block Sigmoid`` keeps Resize and the rest). ``before`` and ``after`` are
     pipeline specs run around the pass. ``suffix`` names the output ``MODEL.<suffix>.onnx``
     (a string, or a function of the pass).
     """
@@ -69,6 +71,7 @@ class PassCommand:
     flags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
     exclusive: tuple[str, ...] = ()
+    extend: tuple[str, ...] = ()
     before: str = ""
     after: str = ""
 
@@ -104,6 +107,7 @@ COMMANDS = (
         "Convert MODEL to float16 (or bfloat16) weights and compute.",
         suffix=lambda p: p.dtype,
         flags={"keep_io_types": ("--keep-io-types/--half-io",)},
+        extend=("block",),
     ),
     PassCommand(
         "sparsify",
@@ -172,7 +176,10 @@ def _cli_annotation(command: PassCommand, option: OptionSpec) -> Any:
     optional = default is None and cli_type is not bool
     help_text = in_cli_terms(plain_text(option.help), command)
     if origin in (list, tuple):
-        replaces = "; replaces the default list" if option.default else ""
+        if option.name in command.extend:
+            replaces = "; added to the default list"
+        else:
+            replaces = "; replaces the default list" if option.default else ""
         help_text += f" (repeatable, or comma-separated{replaces})"
     typer_option = typer.Option(
         *cli_flags(command, option),
@@ -267,6 +274,9 @@ def register_pass_command(command: PassCommand, into: typer.Typer = app) -> None
         for o in options:
             if o.name in chosen and typing.get_origin(_base_type(o.annotation)) in (list, tuple):
                 chosen[o.name] = split_commas(chosen[o.name])
+                if o.name in command.extend and o.name in given:
+                    default = list(command.defaults.get(o.name, o.default) or [])
+                    chosen[o.name] = default + [v for v in chosen[o.name] if v not in default]
         target = output_path(values["output_argument"], values["output"], None)
         guarded(values["debug"], lambda: _run(command, values["model"], target, chosen, values))
 
