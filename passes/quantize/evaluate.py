@@ -330,7 +330,7 @@ class HeldOut:
         count: int,
         mask: np.ndarray | None,
     ) -> None:
-        rows = want.shape[0] == count and want.ndim > 0
+        rows = want.ndim > 0 and want.shape[0] == count  # a scalar output has no rows
         if mask is not None and rows and want.shape[: mask.ndim] == mask.shape:
             # Padded positions (attention mask 0) are not part of any result a user reads.
             pairs = [(w[m], g[m]) for w, g, m in zip(want, got, mask, strict=True) if m.any()]
