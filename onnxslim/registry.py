@@ -63,7 +63,7 @@ ENTRY_POINT_GROUP = "onnxslim.passes"
 DEFAULT_PIPELINE = (
     "[infer-shapes,simplify-shapes,cleanup,fold-constants,eliminate-noops,collapse-chains,"
     "fuse-batchnorm,fuse-affine,fuse-layernorm,fuse-gelu,fuse-rmsnorm,fuse-rotary,"
-    "fuse-attention,cse]*10"
+    "fuse-attention,symbolic-shapes,cse]*10"
 )
 
 # In a spec, this name stands for the default pipeline; no pass may take it.

@@ -32,6 +32,8 @@ from onnxslim.passes.eliminations.noop_slice import NoopSlice
 from onnxslim.passes.eliminations.noop_split import NoopSplit
 from onnxslim.passes.eliminations.noop_transpose import NoopTranspose
 from onnxslim.passes.eliminations.static_shape_values import StaticShapeValues
+from onnxslim.passes.eliminations.symbolic_expand import SymbolicExpandShape
+from onnxslim.passes.eliminations.symbolic_reshape import SymbolicReshapeTarget
 
 from onnxslim.registry import register_pass
 from onnxslim.rewrite import RuleSet
@@ -40,6 +42,7 @@ __all__ = [
     "EliminateNoops",
     "CollapseChains",
     "SimplifyShapes",
+    "SymbolicShapes",
     "NoopCast",
     "NoopReshape",
     "NoopTranspose",
@@ -57,6 +60,8 @@ __all__ = [
     "RemoveIdentity",
     "RemoveDropout",
     "StaticShapeValues",
+    "SymbolicReshapeTarget",
+    "SymbolicExpandShape",
 ]
 
 
@@ -111,3 +116,19 @@ class SimplifyShapes(RuleSet):
     """
 
     rules = (StaticShapeValues,)
+
+
+@register_pass("symbolic-shapes")
+class SymbolicShapes(RuleSet):
+    """Write Reshape targets and Expand shapes computed from runtime shapes as constants.
+
+    A Reshape target entry equal to the input's dim at its position becomes 0 (copy, with
+    ``allowzero=0``), a static dim its size, and one entry left over -1; an Expand shape entry
+    equal to the input's dim it lines up with becomes 1. Where more than one Reshape entry (or
+    any Expand entry) stays unknown, the node keeps its computed shape. The default pipeline
+    runs it after the fusions, which read head counts from the computed shapes. A -1 next to an
+    entry that is 0 at run time (an empty batch) is undecided where the computed target was
+    not: leave this pass out for models that run empty batches.
+    """
+
+    rules = (SymbolicReshapeTarget, SymbolicExpandShape)

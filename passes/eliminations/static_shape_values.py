@@ -12,7 +12,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnxslim.passes.eliminations.slices import SliceSpec
 
-from onnxslim.rewrite import Dims, Match, MatchResult, Rule, Scope, fail
+from onnxslim.rewrite import Dims, Match, MatchResult, Rule, Scope, fail, static_size
 
 __all__ = ["StaticShapeValues"]
 
@@ -59,11 +59,15 @@ def _static_value(node: gs.Node, scope: Scope) -> np.ndarray | None:
 
 
 def _shape_dims(node: gs.Node, scope: Scope) -> Dims | None:
-    """The dims a Shape node gives out (its start/end applied); None where the rank is
-    unknown."""
+    """The dims a Shape node gives out (its start/end applied), static where shape inference
+    or the ops writing the tensor say so; None where the rank is unknown."""
     dims = scope.dims(node.inputs[0]) if node.inputs else None
     if dims is None:
         return None
+    dims = [
+        d if isinstance(d, int) else static_size(node.inputs[0], axis) or d
+        for axis, d in enumerate(dims)
+    ]
     rank = len(dims)
     # Shape clamps start and end like Python slicing does.
     return dims[slice(node.attrs.get("start", 0), node.attrs.get("end", rank))]
