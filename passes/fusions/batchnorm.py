@@ -19,14 +19,21 @@ class BatchNormIntoLinear(Rule):
 
     def match(self, node: gs.Node, scope: Scope) -> MatchResult:
         if not _is_inference_batchnorm(node, scope):
-            return fail("it is not an inference-mode BatchNormalization with running statistics")
+            return fail(
+                "it is not an inference-mode BatchNormalization with running statistics",
+                tell=True,
+            )
         found = linear_before(node, scope)
         if found is None or found[1] is not node.inputs[0]:
-            return fail("its input is not a linear op's output that only it reads")
+            return fail(
+                "its input is not the output of a Conv, ConvTranspose or Gemm with constant "
+                "weights that only it reads",
+                tell=True,
+            )
         linear = found[0]
         params = [float_constant(t) for t in node.inputs[1:5]]
         if any(p is None or p.shape != (linear.channels,) for p in params):
-            return fail("its statistics are not constant per channel")
+            return fail("its statistics are not constant per channel", tell=True)
         scale, shift, mean, variance = (p.astype(np.float64) for p in params)
         epsilon = float(node.attrs.get("epsilon", 1e-5))
         with np.errstate(all="ignore"):

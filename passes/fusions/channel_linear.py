@@ -2,10 +2,13 @@
 output channel, and absorbing a per-channel affine map into its constants.
 
 Weights are recomputed in float64 and cast back to their type; the result differs from the
-unfused graph only by float rounding. Only initializers are rewritten (fold-constants turns
-Constant nodes into initializers first). A weight that other nodes also read is copied under a
-new name rather than changed, and only when the copy is no larger than the constants the
-rewrite frees: the file never grows.
+unfused graph only by float rounding. Constants are read where they are initializers, Constant
+nodes or either behind Identity (the TorchScript exporter shares identical parameters between
+layers that way); only initializers that the op alone reads are rewritten in place. Any other
+weight or bias is written as a new constant, and only when that adds no more bytes than the
+rewrite frees plus ``NODE_BYTES`` for the node it removes: a node and its kernel launch are
+worth a few hundred bytes of file. A constant shared by several nodes counts as freed in
+equal shares, so that fusing all of them frees it whole.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.model import constant_nbytes, read_constant
-from onnxslim.rewrite import Miss, Scope, fail
+from onnxslim.model import constant_nbytes
+from onnxslim.rewrite import Miss, Scope, constant_value, fail, is_op
 
 __all__ = [
     "FLOAT_TYPES",
+    "NODE_BYTES",
     "ChannelLinear",
     "Absorption",
     "float_constant",
@@ -30,13 +34,16 @@ __all__ = [
 
 FLOAT_TYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm")
+# What removing one node is worth in added bytes of file.
+NODE_BYTES = 512
 
 
 def float_constant(tensor: gs.Tensor | None) -> np.ndarray | None:
-    """The values of an initializer of a float type, else None."""
-    if not isinstance(tensor, gs.Constant) or tensor.dtype not in FLOAT_TYPES:
+    """The values of a constant of a float type (behind Identity too), else None."""
+    values = constant_value(tensor)
+    if values is None or values.dtype not in FLOAT_TYPES:
         return None
-    return read_constant(tensor)
+    return values
 
 
 def per_channel(values: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
@@ -79,7 +86,7 @@ class ChannelLinear:
     channel: ``channels`` of them, along axis 1 of an output of rank ``rank``."""
 
     node: gs.Node
-    weight: gs.Constant
+    weight: gs.Tensor
     weights: np.ndarray
     bias: np.ndarray | None  # per channel, float64; None where the op has no bias
     channels: int
@@ -157,33 +164,66 @@ class ChannelLinear:
         with np.errstate(all="ignore"):
             finite = all(np.isfinite(v).all() for v in (new_weights, new_bias) if v is not None)
         if not finite:
-            return fail("the fused constants would not be finite")
-        bias_input = scope.present(self.node, 2)
+            return fail("the fused constants would not be finite", tell=True)
         grown = 0
-        if new_weights is not None and not scope.only_reader(self.weight, self.node):
+        if new_weights is not None and not _owned(self.weight, self.node, scope):
             grown += new_weights.nbytes
-        if new_bias is not None and (
-            bias_input is None or not scope.only_reader(bias_input, self.node)
-        ):
+        if new_bias is not None and not _owned(scope.present(self.node, 2), self.node, scope):
             grown += new_bias.nbytes
-        if grown > _freed_bytes(follower, scope):
-            return fail("the weights it would copy outweigh the constants it frees")
+        if grown > _freed_bytes(follower, scope) + NODE_BYTES:
+            return fail(
+                "the constants it would add outweigh those it frees and the node it removes",
+                tell=True,
+            )
         return Absorption(self, follower, new_weights, new_bias)
 
 
-def _freed_bytes(node: gs.Node, scope: Scope) -> int:
-    """Bytes of the initializers that only ``node`` reads, which go when it goes."""
-    freed = {
-        id(t): t for t in node.inputs if isinstance(t, gs.Constant) and scope.only_reader(t, node)
-    }
-    return sum(constant_nbytes(t) for t in freed.values())
+def _owned(tensor: gs.Tensor | None, node: gs.Node, scope: Scope) -> bool:
+    """Whether ``tensor`` is an initializer that ``node`` alone reads: rewritable in place."""
+    return isinstance(tensor, gs.Constant) and scope.only_reader(tensor, node)
+
+
+def _freed_bytes(node: gs.Node, scope: Scope) -> float:
+    """Bytes of the constants that go when ``node`` goes: those it alone reads whole, and an
+    equal share of those it reads with others (directly or through Identity)."""
+    freed: dict[int, float] = {}
+    for tensor in node.inputs:
+        source, readers = _shared_source(tensor, scope)
+        if source is not None and not scope.is_protected(source) and readers:
+            freed[id(source)] = constant_nbytes(source) / readers
+    return sum(freed.values())
+
+
+def _shared_source(tensor: gs.Tensor, scope: Scope) -> tuple[gs.Constant | None, int]:
+    """The initializer behind ``tensor`` (through Identity) and how many nodes other than
+    Identity read it; (None, 0) for anything else."""
+    while isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1:
+        producer = tensor.inputs[0]
+        if not is_op(producer, "Identity") or scope.is_protected(tensor):
+            return None, 0
+        tensor = producer.inputs[0]
+    if not isinstance(tensor, gs.Constant):
+        return None, 0
+    return tensor, _final_readers(tensor, scope)
+
+
+def _final_readers(tensor: gs.Tensor, scope: Scope, depth: int = 8) -> int:
+    """The nodes that read ``tensor``, counting those behind Identity nodes in place of
+    them."""
+    count = 0
+    for reader in scope.readers(tensor):
+        if is_op(reader, "Identity") and depth and not scope.is_protected(reader.outputs[0]):
+            count += _final_readers(reader.outputs[0], scope, depth - 1)
+        else:
+            count += 1
+    return count
 
 
 def _set_constant(node: gs.Node, index: int, values: np.ndarray, scope: Scope) -> None:
     """Give input ``index`` of ``node`` the ``values``: in place where ``node`` alone reads the
-    constant there, else as a new constant (appended where the input was absent)."""
+    initializer there, else as a new constant (appended where the input was absent)."""
     current = scope.present(node, index)
-    if current is not None and scope.only_reader(current, node):
+    if _owned(current, node, scope):
         current.values = values
         return
     base = current.name if current is not None else f"{node.name or node.outputs[0].name}_bias"
