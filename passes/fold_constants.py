@@ -10,8 +10,8 @@ constants), the pass
    graph output reads; every folded node disappears;
 3. fits the plan into the growth budget: while the file would grow by more than
    ``max_growth_bytes``, frontier producers stay in the graph, worst balance (bytes their
-   frontier outputs add minus bytes of the node itself) first, and their inputs join the
-   frontier;
+   frontier outputs add minus bytes of the node itself and of the initializers only it
+   reads) first, and their inputs join the frontier;
 4. evaluates what the frontier needs in one onnxruntime session (node by node when that fails,
    leaving the nodes that onnxruntime cannot run), and fits the plan again with the sizes of
    the values, until nothing is left to evaluate;
@@ -270,18 +270,23 @@ class _Plan:
 
     def freed_bytes(self) -> int:
         """Bytes of the initializers that only folded nodes read."""
-        freed: dict[int, int] = {}
-        for node in self.folded_nodes():
-            for tensor in node.inputs:
-                if (
-                    isinstance(tensor, gs.Constant)
-                    and id(tensor) not in freed
-                    and not isinstance(tensor._values, SparseValues)  # uncounted: errs safe
-                    and not self.scope.is_protected(tensor)
-                    and all(id(c) in self.folded for c in tensor.outputs)
-                ):
-                    freed[id(tensor)] = _field_bytes(_tensor_bytes(tensor.name, tensor._values))
+        freed = {
+            id(tensor): self._freed(tensor)
+            for node in self.folded_nodes()
+            for tensor in node.inputs
+        }
         return sum(freed.values())
+
+    def _freed(self, tensor: gs.Tensor) -> int:
+        """Bytes of ``tensor`` where it is an initializer that only folded nodes read."""
+        if (
+            isinstance(tensor, gs.Constant)
+            and not isinstance(tensor._values, SparseValues)  # uncounted: errs safe
+            and not self.scope.is_protected(tensor)
+            and all(id(c) in self.folded for c in tensor.outputs)
+        ):
+            return _field_bytes(_tensor_bytes(tensor.name, tensor._values))
+        return 0
 
     def fit(self, budget: int) -> None:
         """Keep frontier producers, worst balance first, until the growth fits ``budget``.
@@ -308,8 +313,11 @@ class _Plan:
         return sorted(balances, key=lambda pair: pair[0], reverse=True)
 
     def _balance(self, node: gs.Node, in_frontier: set[int]) -> int:
+        """What folding ``node`` adds: its frontier outputs, less the node itself and the
+        initializers that only it reads (``Transpose(W)`` frees ``W``: about even)."""
         added = sum(self.added_bytes(t) for t in node.outputs if id(t) in in_frontier)
-        return added - self.removed_bytes(node)
+        own = {id(t): t for t in node.inputs if all(c is node for c in t.outputs)}
+        return added - self.removed_bytes(node) - sum(self._freed(t) for t in own.values())
 
     # ------------------------------------------------------------------------- evaluation
 

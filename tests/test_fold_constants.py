@@ -415,6 +415,27 @@ def test_a_copy_of_a_weight_that_stays_in_use_is_not_materialised(build_model):
     assert_same_outputs(original, folded, feeds)
 
 
+def test_a_transpose_of_a_weight_it_alone_reads_folds_beside_a_growing_fold(build_model):
+    """Folding Transpose(W) frees W: about even. A small Expand that would grow the file must
+    be what stays, not the Transpose whose output is larger."""
+    nodes = [
+        helper.make_node("Transpose", ["weight"], ["weight_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "weight_t"], ["m"]),
+        helper.make_node("Expand", ["one", "sixteen"], ["ones"]),
+        helper.make_node("Add", ["m", "ones"], ["y"]),
+    ]
+    original = build_model(
+        nodes,
+        [info("x", FLOAT, [2, 64])],
+        [info("y", FLOAT, [2, 32])],
+        {"weight": random_input(32, 64), "one": np.ones(1, np.float32), "sixteen": ints(32)},
+    )
+    folded, record = fold(original)
+
+    assert op_types(folded.graph) == ["MatMul", "Expand", "Add"]
+    assert_same_outputs(original, folded, {"x": random_input(2, 64)})
+
+
 def range_of_a_hundred(build_model: Callable[..., onnx.ModelProto]) -> onnx.ModelProto:
     """x + Range(0, 100) in int64: folded, 800 bytes of data replace 100 bytes of the Range
     node and its three scalar inputs."""
