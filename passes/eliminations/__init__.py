@@ -34,6 +34,7 @@ from onnxslim.passes.eliminations.noop_transpose import NoopTranspose
 from onnxslim.passes.eliminations.static_shape_values import StaticShapeValues
 from onnxslim.passes.eliminations.symbolic_expand import SymbolicExpandShape
 from onnxslim.passes.eliminations.symbolic_reshape import SymbolicReshapeTarget
+from onnxslim.passes.eliminations.transpose_through import TransposeThrough
 
 from onnxslim.registry import register_pass
 from onnxslim.rewrite import RuleSet
@@ -62,6 +63,7 @@ __all__ = [
     "StaticShapeValues",
     "SymbolicReshapeTarget",
     "SymbolicExpandShape",
+    "TransposeThrough",
 ]
 
 
@@ -98,10 +100,12 @@ class CollapseChains(RuleSet):
     Reshape, Flatten, Squeeze or Unsqueeze becomes one Reshape; Squeeze and Unsqueeze of the
     same axes cancel (either order); Slice after Slice becomes one Slice when their axes are
     disjoint or both step by 1. The first node must feed only the second and must not be a
-    graph output, so that merging removes it.
+    graph output, so that merging removes it. An elementwise op, Softmax or reduction between
+    Transposes runs on the untransposed tensors (constants permuted, axes renumbered) where
+    that leaves fewer Transposes: the permutations compose with the one after it, or vanish.
     """
 
-    rules = (MergeTransposes, MergeReshapes, CancelSqueezes, MergeSlices)
+    rules = (MergeTransposes, MergeReshapes, CancelSqueezes, MergeSlices, TransposeThrough)
 
 
 @register_pass("simplify-shapes")
