@@ -24,7 +24,13 @@ from onnxslim.rewrite.edits import (
     replace_input,
     replace_uses,
 )
-from onnxslim.rewrite.nodes import NONDETERMINISTIC_OPS, STANDARD_DOMAINS, describe_nodes, is_op
+from onnxslim.rewrite.nodes import (
+    ELEMENTWISE_OPS,
+    NONDETERMINISTIC_OPS,
+    STANDARD_DOMAINS,
+    describe_nodes,
+    is_op,
+)
 from onnxslim.rewrite.rules import (
     FusionSet,
     Match,
@@ -104,5 +110,6 @@ __all__ = [
     "broadcast_keeps",
     "is_op",
     "NONDETERMINISTIC_OPS",
+    "ELEMENTWISE_OPS",
     "STANDARD_DOMAINS",
 ]

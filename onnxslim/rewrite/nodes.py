@@ -7,7 +7,13 @@ from collections.abc import Collection
 
 import onnx_graphsurgeon as gs
 
-__all__ = ["STANDARD_DOMAINS", "NONDETERMINISTIC_OPS", "is_op", "describe_nodes"]
+__all__ = [
+    "STANDARD_DOMAINS",
+    "NONDETERMINISTIC_OPS",
+    "ELEMENTWISE_OPS",
+    "is_op",
+    "describe_nodes",
+]
 
 # The default ONNX domain, as gs and exporters spell it.
 STANDARD_DOMAINS = ("", "ai.onnx", None)
@@ -23,6 +29,52 @@ NONDETERMINISTIC_OPS = frozenset(
         "Multinomial",
         "Bernoulli",
         "Dropout",
+    }
+)
+
+# Ops that compute each output element from the elements at the same place of their inputs
+# (broadcast numpy-style): they commute with any permutation of the axes of all operands.
+ELEMENTWISE_OPS = frozenset(
+    {
+        "Abs",
+        "Add",
+        "And",
+        "Cast",
+        "Ceil",
+        "Div",
+        "Elu",
+        "Equal",
+        "Erf",
+        "Exp",
+        "Floor",
+        "Greater",
+        "GreaterOrEqual",
+        "HardSigmoid",
+        "IsNaN",
+        "LeakyRelu",
+        "Less",
+        "LessOrEqual",
+        "Log",
+        "Max",
+        "Min",
+        "Mul",
+        "Neg",
+        "Not",
+        "Or",
+        "PRelu",
+        "Pow",
+        "Reciprocal",
+        "Relu",
+        "Round",
+        "Selu",
+        "Sigmoid",
+        "Sign",
+        "Softplus",
+        "Sqrt",
+        "Sub",
+        "Tanh",
+        "Where",
+        "Xor",
     }
 )
 

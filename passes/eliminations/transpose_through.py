@@ -12,53 +12,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxslim.rewrite import Match, MatchResult, Rule, Scope, fail
+from onnxslim.rewrite import ELEMENTWISE_OPS, Match, MatchResult, Rule, Scope, fail
 
-__all__ = ["TransposeThrough", "ELEMENTWISE_OPS", "REDUCE_OPS"]
+__all__ = ["TransposeThrough", "REDUCE_OPS"]
 
-ELEMENTWISE_OPS = frozenset(
-    {
-        "Relu",
-        "Sigmoid",
-        "Tanh",
-        "Exp",
-        "Log",
-        "Neg",
-        "Abs",
-        "Sqrt",
-        "Reciprocal",
-        "Erf",
-        "Cast",
-        "LeakyRelu",
-        "Elu",
-        "Selu",
-        "HardSigmoid",
-        "Softplus",
-        "Floor",
-        "Ceil",
-        "Round",
-        "Sign",
-        "Not",
-        "IsNaN",
-        "Add",
-        "Sub",
-        "Mul",
-        "Div",
-        "Pow",
-        "Max",
-        "Min",
-        "Where",
-        "Equal",
-        "Less",
-        "Greater",
-        "LessOrEqual",
-        "GreaterOrEqual",
-        "And",
-        "Or",
-        "Xor",
-        "PRelu",
-    }
-)
 SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax"})
 # Reductions, with the opset from which their axes are an input.
 REDUCE_OPS = {
