@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnxslim.passes.eliminations import TransposeThrough
+from onnxslim.passes.fusions import FuseAffine
 
 from onnxslim.testing import apply, assert_same_outputs, parse_model
 
@@ -135,3 +136,52 @@ def test_operand_that_is_neither_transposed_nor_constant_keeps_the_pattern():
         y = Transpose<perm=[1,0]>(a)
     }}""")
     assert not apply(TransposeThrough, model).changed
+
+
+# ------------------------------------------------------------- Transpose into Gemm / MatMul
+
+
+def test_transposed_matrix_into_a_matmul_becomes_a_gemm_flag():
+    model = parse_model(f"""{HEADER}
+    g (float[3,2] a, float[3,4] b) => (float[2,4] y) {{
+        t = Transpose<perm=[1,0]>(a)
+        y = MatMul(t, b)
+    }}""")
+    result = apply(FuseAffine(), model)
+    assert dict(result.ops) == {"Gemm": 1}
+    assert_same_outputs(
+        model, result.model, {**feeds(3, 2, names=("a",)), **feeds(3, 4, names=("b",))}
+    )
+
+
+def test_transpose_into_a_gemm_flips_its_flag():
+    model = parse_model(f"""{HEADER}
+    g (float[2,3] a, float[3,4] b) => (float[2,4] y) {{
+        t = Transpose<perm=[1,0]>(b)
+        y = Gemm<transB=1>(a, t)
+    }}""")
+    result = apply(FuseAffine(), model)
+    assert dict(result.ops) == {"Gemm": 1}
+    gemm = result.model.graph.node[0]
+    assert all(attr.i == 0 for attr in gemm.attribute if attr.name == "transB")
+    assert_same_outputs(
+        model, result.model, {**feeds(2, 3, names=("a",)), **feeds(3, 4, names=("b",))}
+    )
+
+
+def test_batched_matmul_of_a_transpose_stays():
+    model = parse_model(f"""{HEADER}
+    g (float[5,3,2] a, float[5,3,4] b) => (float[5,2,4] y) {{
+        t = Transpose<perm=[0,2,1]>(a)
+        y = MatMul(t, b)
+    }}""")
+    assert not apply(FuseAffine(), model).changed
+
+
+def test_integer_matmul_of_a_transpose_stays():
+    model = parse_model(f"""{HEADER}
+    g (int32[3,2] a, int32[3,4] b) => (int32[2,4] y) {{
+        t = Transpose<perm=[1,0]>(a)
+        y = MatMul(t, b)
+    }}""")
+    assert not apply(FuseAffine(), model).changed

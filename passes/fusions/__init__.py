@@ -25,6 +25,7 @@ from onnxslim.passes.fusions.matmul_add import MatMulAddToGemm
 from onnxslim.passes.fusions.pad import PadIntoConvOrPool
 from onnxslim.passes.fusions.rmsnorm import RMSNormFusion
 from onnxslim.passes.fusions.rotary import RotaryFusion
+from onnxslim.passes.fusions.transpose_gemm import TransposeIntoGemm
 
 from onnxslim.registry import register_pass
 from onnxslim.rewrite import FusionSet, Rule, RuleSet
@@ -47,6 +48,7 @@ __all__ = [
     "AttentionFusion",
     "RMSNormFusion",
     "RotaryFusion",
+    "TransposeIntoGemm",
 ]
 
 
@@ -76,14 +78,19 @@ class FuseAffine(RuleSet):
       the Conv or AveragePool after it (the pool then counts the padding, as it did when the
       zeros were real); a Pad with value -inf goes into MaxPool. Pools keep their pads smaller
       than their kernel, as onnxruntime requires, and need ``ceil_mode=0``.
+    * A 2-D Transpose read only by a Gemm, or by a MatMul of two float32/float64 matrices
+      (which becomes a Gemm, with ``matmul_to_gemm``), goes into its transA/transB flag.
     """
 
     matmul_to_gemm: bool = True
 
-    rules = (MatMulAddToGemm, AffineIntoLinear, PadIntoConvOrPool)
+    rules = (MatMulAddToGemm, AffineIntoLinear, PadIntoConvOrPool, TransposeIntoGemm)
 
     def make_rules(self) -> list[Rule]:
-        return [rule() for rule in self.rules if self.matmul_to_gemm or rule is not MatMulAddToGemm]
+        rules = [rule() for rule in self.rules if rule not in (MatMulAddToGemm, TransposeIntoGemm)]
+        if self.matmul_to_gemm:
+            return [MatMulAddToGemm(), *rules, TransposeIntoGemm()]
+        return [*rules, TransposeIntoGemm(matmuls=False)]
 
 
 @register_pass("fuse-layernorm")

@@ -8,10 +8,10 @@ from onnxslim.passes.fusions.channel_linear import float_constant, per_channel, 
 
 from onnxslim.rewrite import Match, MatchResult, Rule, Scope, fail
 
-__all__ = ["MatMulAddToGemm"]
+__all__ = ["MatMulAddToGemm", "GEMM_TYPES"]
 
 # onnxruntime's CPU Gemm has float and double kernels only.
-_GEMM_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
+GEMM_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class MatMulAddToGemm(Rule):
@@ -35,7 +35,7 @@ class MatMulAddToGemm(Rule):
         if (
             weights is None
             or weights.ndim != 2
-            or weights.dtype not in _GEMM_TYPES
+            or weights.dtype not in GEMM_TYPES
             or left.shape is None
             or len(left.shape) != 2
             or isinstance(left, gs.Constant)
