@@ -132,7 +132,7 @@ class SymbolicShapes(RuleSet):
     any Expand entry) stays unknown, the node keeps its computed shape. The default pipeline
     runs it after the fusions, which read head counts from the computed shapes. A -1 next to an
     entry that is 0 at run time (an empty batch) is undecided where the computed target was
-    not: leave this pass out for models that run empty batches.
+    not: leave this pass out for models that run empty batches (``--skip symbolic-shapes``).
     """
 
     rules = (SymbolicReshapeTarget, SymbolicExpandShape)

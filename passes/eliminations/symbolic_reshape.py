@@ -10,7 +10,7 @@ inference sees the Reshape's output dims.
 One case a constant target cannot keep: a -1 next to an entry that is 0 at run time (an empty
 batch) leaves the -1 undecided, where the computed target had its value; onnxruntime then
 refuses the Reshape. Models that run empty batches should keep this rule out of their
-pipeline (``onnxslim.registry.without_passes``).
+pipeline (``--skip symbolic-shapes``).
 """
 
 from __future__ import annotations
