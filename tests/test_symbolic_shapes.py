@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnxslim.passes.eliminations import SymbolicShapes
+from onnx import TensorProto, helper
+from onnxslim.passes.eliminations import SimplifyShapes, SymbolicShapes
 
 import onnxslim
 from onnxslim.testing import apply, assert_same_outputs, parse_model
@@ -150,3 +151,34 @@ def test_expand_to_a_dim_of_another_tensor_keeps_its_shape():
         y = Expand(x, t)
     }""")
     assert not apply(SymbolicShapes, model).changed
+
+
+def test_a_dim_only_the_writing_reshape_knows_is_read_as_a_constant():
+    """Shape inference left r's dims symbolic (as after an exporter's own annotations); the
+    Reshape's constant target says dim 2 is 4, so Gather(Shape(r), 2) is the constant 4."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["x", "target"], ["r"]),
+            helper.make_node("Shape", ["r"], ["s"]),
+            helper.make_node("Gather", ["s", "two"], ["g"], axis=0),
+            helper.make_node("Identity", ["g"], ["d"]),
+            helper.make_node("Relu", ["r"], ["y"]),
+        ],
+        "aliases",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4]),
+            helper.make_tensor_value_info("d", TensorProto.INT64, []),
+        ],
+        [
+            onnx.numpy_helper.from_array(np.array([0, 3, 4], np.int64), "target"),
+            onnx.numpy_helper.from_array(np.array(2, np.int64), "two"),
+        ],
+        value_info=[helper.make_tensor_value_info("r", TensorProto.FLOAT, ["A", "B", "C"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = apply(SimplifyShapes, model, infer_shapes=False, check=False)
+    identity = next(n for n in result.model.graph.node if n.op_type == "Identity")
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    assert constants[identity.input[0]].tolist() == 4
+    assert_same_outputs(model, result.model, feeds(2, (12,)))
