@@ -419,7 +419,7 @@ def test_per_layer_table_reports_weight_and_output_sqnr(tmp_path: Path) -> None:
     _, record = _quantized(_conv_net(), calib=_calib_file(tmp_path, "x", (1, 3, 8, 8)))
     table = record.tables[0]
     rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows}
-    assert rows["c1"]["weight SQNR dB"] > 30 and rows["y"]["output SQNR dB"] > 20
+    assert rows["c1"]["weight dB"] > 30 and rows["y"]["model dB"] > 20
     assert record.metrics["held-out cosine"] > 0.99 and "held-out top-1" in record.metrics
 
 

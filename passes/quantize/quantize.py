@@ -90,7 +90,7 @@ __all__ = ["Quantize", "AlreadyQuantizedError", "QUANTIZED_OPS"]
 _SENTINEL = 1e6
 # SQNR in dB of the weight, of the layer's output with only that layer quantized, and of its
 # output in the quantized model (the error accumulated up to it); short, for 80 columns.
-_TABLE_COLUMNS = ["layer", "op", "type", "weight", "layer", "model", "kept"]
+_TABLE_COLUMNS = ["layer", "op", "type", "weight dB", "alone dB", "model dB", "kept"]
 # Ops that mark a model as quantized already.
 QUANTIZED_OPS = frozenset(
     {
@@ -552,8 +552,8 @@ class Quantize(Pass):
         ]
         rows += [[key, "", "float", None, None, None, "excluded"] for key in excluded]
         ctx.table(
-            "quantize: SQNR in dB of each layer's weight, its output alone, its output in the "
-            "quantized model",
+            "quantize: per-layer SQNR of the weight, of the output with the layer quantized "
+            "alone, and in the quantized model",
             _TABLE_COLUMNS,
             rows,
         )
