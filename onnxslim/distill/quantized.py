@@ -123,7 +123,9 @@ def _refuse_untrainable(proto: onnx.ModelProto) -> None:
             raise QuantizedStudentError(
                 f"the student runs integer arithmetic ({node.op_type} node '{node.name}'), which "
                 "cannot be trained: distill a QDQ model (QuantizeLinear/DequantizeLinear around "
-                "float ops, as `onnxslim quantize` writes), or distill before quantizing"
+                "float ops, as `onnxslim quantize --activations uint8` or `--activations none` "
+                "writes; the default for transformers, dynamic, is integer arithmetic), or "
+                "distill before quantizing"
             )
 
 
