@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnxslim.passes.quantize.gptq import gptq
 from onnxslim.passes.quantize.layers import Layer, WeightSource, is_float_variable
 from onnxslim.passes.quantize.numerics import (
     QuantParams,
@@ -62,6 +63,7 @@ __all__ = [
     "WeightCache",
     "insert_qdq",
     "layer_weight",
+    "blockwise",
     "GraphBuilder",
     "LayerResult",
 ]
@@ -76,11 +78,19 @@ _FLOAT_OUTPUT_KERNELS = ("MatMul", "Gemm")
 
 @dataclass(frozen=True)
 class WeightConfig:
-    """How weights are stored: integer type, per channel or not, block size for int4."""
+    """How weights are stored: integer type, per channel or not, block size for int4.
+
+    ``blockwise``: int8/uint8 MatMul weights block-wise too (weight-only: onnxruntime fuses
+    them into MatMulNBits with 8 bits); int4 is always block-wise. ``rounding``: how
+    block-wise weights are rounded (``nearest``, ``mse``: the clipping search of
+    ``numerics.block_scales``; ``gptq``: error compensation, see ``gptq``).
+    """
 
     qtype: QuantType
     per_channel: bool = True
     block_size: int = 32
+    blockwise: bool = False
+    rounding: str = "nearest"
 
 
 def _sole_relu(tensor: gs.Tensor, graph_outputs: set[int]) -> gs.Node | None:
@@ -158,27 +168,43 @@ class QuantizedWeight:
 
 class WeightCache:
     """Quantized weights by (weight, layout), so that the accuracy guard, which builds the
-    model several times, quantizes each weight once."""
+    model several times, quantizes each weight once. ``hessians`` holds, by weight key, the
+    input second moments GPTQ rounds against (see ``gptq.hessians``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hessians: dict[tuple, np.ndarray] | None = None) -> None:
         self._entries: dict[tuple, QuantizedWeight] = {}
+        self.hessians = hessians or {}
 
     def get(
-        self, source: WeightSource, config: WeightConfig, axis: int | None, block: int | None
+        self,
+        source: WeightSource,
+        config: WeightConfig,
+        axis: int | None,
+        block: int | None,
+        blockwise: bool = False,
     ) -> QuantizedWeight:
-        blockwise = config.qtype.name == "int4" and block is not None
         layout = (block, config.block_size) if blockwise else (axis if config.per_channel else None)
         key = (source.key, config, layout)
         if key not in self._entries:
             weights = source.values()
             if blockwise:
-                params = blockwise_params(weights, config.qtype, block, config.block_size)
+                values, params = self._blockwise(source, weights, config, block)
             else:
                 params = weight_params(weights, config.qtype, layout)
-            values = quantize(weights, params)
+                values = quantize(weights, params)
             sqnr = sqnr_db(weights, dequantize(values, params))
             self._entries[key] = QuantizedWeight(values, params, sqnr)
         return self._entries[key]
+
+    def _blockwise(
+        self, source: WeightSource, weights: np.ndarray, config: WeightConfig, block: int
+    ) -> tuple[np.ndarray, QuantParams]:
+        hessian = self.hessians.get(source.key)
+        if config.rounding == "gptq" and hessian is not None and weights.ndim == 2 and block == 0:
+            return gptq(weights, hessian, config.qtype, config.block_size)
+        search = config.rounding != "nearest"
+        params = blockwise_params(weights, config.qtype, block, config.block_size, search=search)
+        return quantize(weights, params), params
 
 
 # ------------------------------------------------------------------------------- rewriting
@@ -206,10 +232,11 @@ class GraphBuilder:
         return gs.Constant(self.name(base), np.array(values, order="C"))
 
     def params(self, base: str, params: QuantParams) -> list[gs.Constant]:
-        """Scale and zero point constants (no zero point for int4: it is 0 by default and
-        onnxruntime's MatMulNBits fusion reads it that way)."""
+        """Scale and zero point constants (no zero point for int4 and signed block-wise
+        weights: it is 0 by default and onnxruntime's MatMulNBits fusion reads it that way)."""
         scale = self.constant(f"{base}_scale", params.scale.astype(np.float32))
-        if params.qtype.name == "int4":
+        signed_blocks = params.block_size is not None and params.qtype.qmin < 0
+        if params.qtype.name == "int4" or signed_blocks:
             return [scale]
         return [scale, self.constant(f"{base}_zero_point", params.zero_point)]
 
@@ -372,7 +399,17 @@ def layer_weight(
     if layer_config is None:
         return None
     axis = layer.axis if not (static and layer.op == "Gather") else None
-    return cache.get(layer.source, layer_config, axis, layer.block_axis)
+    return cache.get(
+        layer.source, layer_config, axis, layer.block_axis, blockwise(layer, layer_config)
+    )
+
+
+def blockwise(layer: Layer, config: WeightConfig) -> bool:
+    """Whether ``layer``'s weight is stored block-wise: int4 always, int8/uint8 MatMul weights
+    when ``config.blockwise`` asks (MatMulNBits with 8 bits)."""
+    if layer.block_axis is None or layer.operand:
+        return False
+    return config.qtype.name == "int4" or (config.blockwise and layer.op == "MatMul")
 
 
 def _operand_config(activation_params: dict[str, QuantParams]) -> WeightConfig | None:

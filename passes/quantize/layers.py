@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxslim.model import read_constant
+from onnxslim.model import iter_graphs, read_constant
 from onnxslim.rewrite import STANDARD_DOMAINS
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "Layer",
     "find_layers",
     "is_float_variable",
+    "tied_layers",
 ]
 
 # Ops quantize knows how to place Q/DQ around; `ops=` picks among them.
@@ -310,3 +311,32 @@ def find_layers(
         else:
             layers.append(layer)
     return layers, excluded
+
+
+def tied_layers(graph: gs.Graph, layers: Iterable[Layer]) -> list[Layer]:
+    """The weight layers of ``graph`` whose constant something else also reads: another layer
+    through other views (a tied embedding and lm_head), or a node that stays float.
+    Quantizing them would store the weight twice (float and integer, or two integer
+    layouts), so they stay float."""
+    groups: dict[str, list[Layer]] = {}
+    for layer in layers:
+        if layer.source is not None and not layer.operand:
+            groups.setdefault(layer.source.constant.name, []).append(layer)
+    if not groups:
+        return []
+    # Readers from the graph itself: copies of a graph share constants, whose ``outputs``
+    # then list the nodes of every copy.
+    readers: dict[int, list[gs.Node]] = {}
+    for node in (n for g in iter_graphs(graph) for n in g.nodes):
+        for tensor in node.inputs:
+            readers.setdefault(id(tensor), []).append(node)
+    tied: list[Layer] = []
+    for group in groups.values():
+        chains = {id(layer.node) for layer in group}
+        chains |= {id(step) for layer in group for step in layer.source.steps}
+        read = [group[0].source.constant]
+        read += [step.outputs[0] for layer in group for step in layer.source.steps]
+        alone = all(id(reader) in chains for t in read for reader in readers.get(id(t), []))
+        if not alone or len({layer.source.key for layer in group}) > 1:
+            tied.extend(group)
+    return tied

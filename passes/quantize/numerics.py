@@ -19,6 +19,8 @@ __all__ = [
     "activation_params",
     "weight_params",
     "blockwise_params",
+    "block_scales",
+    "CLIP_RATIOS",
     "quantize",
     "dequantize",
     "bias_params",
@@ -114,19 +116,82 @@ def weight_params(weights: np.ndarray, qtype: QuantType, axis: int | None) -> Qu
 
 
 def blockwise_params(
-    weights: np.ndarray, qtype: QuantType, axis: int, block_size: int
+    weights: np.ndarray,
+    qtype: QuantType,
+    axis: int,
+    block_size: int,
+    *,
+    search: bool = False,
 ) -> QuantParams:
     """Symmetric parameters per block of ``block_size`` consecutive values along ``axis``
-    (the last block may be shorter), as opset-21 DequantizeLinear's ``block_size`` reads them."""
-    moved = np.moveaxis(weights.astype(np.float64), axis, 0)
-    length = moved.shape[0]
-    blocks = -(-length // block_size)
-    padded = np.zeros((blocks * block_size, *moved.shape[1:]))
-    padded[:length] = moved
-    absmax = np.abs(padded.reshape(blocks, block_size, *moved.shape[1:])).max(axis=1)
-    scale = np.moveaxis(_symmetric_scale(absmax, qtype), 0, axis)
+    (the last block may be shorter), as opset-21 DequantizeLinear's ``block_size`` reads them.
+
+    Every level of the grid is used, as onnxruntime's MatMulNBits quantizer does: the value of
+    largest magnitude ``m`` maps to ``qmin`` (-8 for int4), so ``scale = m / qmin`` (negative
+    when ``m`` is), and the other side reaches ``qmax`` steps. ``search=True`` picks, per
+    block, the scale of least squared error among shrunk clipping ranges in both orientations
+    (``m`` on ``qmin`` or on ``qmax``): a few outliers then stop stretching the step of the
+    whole block (data-free MSE-optimal clipping).
+    """
+    moved, _ = _blocks(weights, axis, block_size)
+    scale = np.empty((moved.shape[0], *moved.shape[2:]), dtype=np.float32)
+    flat_blocks = moved.reshape(moved.shape[0], block_size, -1)
+    flat_scale = scale.reshape(moved.shape[0], -1)
+    columns = max(1, _SEARCH_CHUNK // max(flat_blocks.shape[0] * block_size, 1))
+    for start in range(0, flat_blocks.shape[2], columns):
+        chunk = flat_blocks[:, :, start : start + columns]
+        flat_scale[:, start : start + columns] = block_scales(chunk, qtype, search)
+    scale = np.moveaxis(scale, 0, axis)
     zero_point = np.zeros(scale.shape, dtype=qtype.storage)
     return QuantParams(scale, zero_point, qtype, axis, block_size)
+
+
+# Values searched at once (bounds the temporaries of the clipping search).
+_SEARCH_CHUNK = 1 << 22
+# Clipping ranges the search tries, as fractions of the block's largest magnitude.
+CLIP_RATIOS = np.linspace(1.0, 0.5, 21, dtype=np.float32)
+
+
+def _blocks(weights: np.ndarray, axis: int, block_size: int) -> tuple[np.ndarray, int]:
+    """``weights`` (float32) with ``axis`` first, zero-padded to whole blocks and split as
+    ``(blocks, block_size, *rest)``; and the unpadded length of that axis."""
+    moved = np.moveaxis(np.asarray(weights, dtype=np.float32), axis, 0)
+    length = moved.shape[0]
+    blocks = -(-length // block_size)
+    if blocks * block_size != length:
+        padded = np.zeros((blocks * block_size, *moved.shape[1:]), dtype=np.float32)
+        padded[:length] = moved
+        moved = padded
+    return moved.reshape(blocks, block_size, *moved.shape[1:]), length
+
+
+def block_scales(blocks: np.ndarray, qtype: QuantType, search: bool) -> np.ndarray:
+    """The scale of each block of ``blocks`` (shaped ``(blocks, block_size, columns)``): its
+    largest magnitude on ``qmin`` (round to nearest on the full grid), or with ``search`` the
+    candidate of least squared error (see :func:`blockwise_params`)."""
+    blocks = np.asarray(blocks, dtype=np.float32)
+    index = np.abs(blocks).argmax(axis=1)[:, None]
+    peak = np.take_along_axis(blocks, index, axis=1)[:, 0]  # signed value of largest magnitude
+    empty = peak == 0
+    nearest = np.where(empty, np.float32(1.0), peak / np.float32(qtype.qmin)).astype(np.float32)
+    if not search:
+        return nearest
+    best, best_error = nearest, _block_error(blocks, nearest, qtype)
+    for level in (qtype.qmin, qtype.qmax):
+        for ratio in CLIP_RATIOS:
+            candidate = peak * ratio / np.float32(level)
+            candidate = np.where(empty, np.float32(1.0), candidate).astype(np.float32)
+            error = _block_error(blocks, candidate, qtype)
+            better = error < best_error
+            best = np.where(better, candidate, best)
+            best_error = np.where(better, error, best_error)
+    return best
+
+
+def _block_error(blocks: np.ndarray, scale: np.ndarray, qtype: QuantType) -> np.ndarray:
+    """Squared error of each block quantized with ``scale`` (one per block and column)."""
+    q = np.clip(np.round(blocks / scale[:, None]), qtype.qmin, qtype.qmax)
+    return np.square(q * scale[:, None] - blocks).sum(axis=1)
 
 
 def _expanded(values: np.ndarray, params: QuantParams, shape: tuple[int, ...]) -> np.ndarray:

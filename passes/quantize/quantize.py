@@ -50,17 +50,19 @@ from onnxslim.passes.quantize.evaluate import (
     classifier_outputs,
     split_held_out,
 )
+from onnxslim.passes.quantize.gptq import hessians
 from onnxslim.passes.quantize.graph import (
     LayerResult,
     WeightCache,
     WeightConfig,
+    blockwise,
     insert_qdq,
     layer_weight,
     mark_activations,
     resolve_params,
 )
 from onnxslim.passes.quantize.guard import add_shadows, keep_float_until
-from onnxslim.passes.quantize.layers import DEFAULT_OPS, Layer, find_layers
+from onnxslim.passes.quantize.layers import DEFAULT_OPS, Layer, find_layers, tied_layers
 from onnxslim.passes.quantize.numerics import QUANT_TYPES, QuantParams, QuantType, activation_params
 from onnxslim.passes.quantize.opset import raise_to_opset21, set_opset
 from onnxslim.passes.quantize.scheme import choose_activations
@@ -166,6 +168,13 @@ class Quantize(Pass):
     """7-bit weights, for CPUs without VNNI."""
     block_size: int = 32
     """int4 block size (a power of two, 16 or more for MatMulNBits)."""
+    rounding: Literal["auto", "nearest", "mse", "gptq"] = "auto"
+    """Block-wise weights: nearest, mse (clipping searched per block, data-free), gptq
+    (errors compensated on calib data); auto: gptq with calib, else mse."""
+    blockwise: bool = False
+    """int8/uint8 MatMul weights block-wise, weight-only (onnxruntime's MatMulNBits, 8 bits)."""
+    embeddings: bool = False
+    """Quantize Gather tables in weight-only modes (dequantized whole on every call)."""
     smooth: float | None = None
     """SmoothQuant strength alpha in [0, 1]: move activation outliers into the weights."""
     min_cosine: float | None = None
@@ -209,6 +218,7 @@ class Quantize(Pass):
         if not self._opset_for(activations, graph, ctx):
             return untouched(f"not quantized: {ctx.notes.pop()}")
         layers, excluded = self._layers(graph, activations)
+        self._note_float_weights(graph, activations, ctx)
         if activations == "dynamic":
             unsupported = [k for k in _keys(candidates) if k not in _keys(layers)]
             if unsupported:
@@ -285,6 +295,11 @@ class Quantize(Pass):
                 f"quantize(weights={self.weights}, activations=dynamic): dynamic integer "
                 "MatMuls take int8 or uint8 weights; use activations=none for int4/int16"
             )
+        if self.blockwise and self.activations not in ("auto", "none"):
+            raise PipelineSpecError(
+                f"quantize(blockwise=true, activations={self.activations}): block-wise weights "
+                "are weight-only (MatMulNBits); use activations=none"
+            )
         if self.calibration not in CALIBRATION_METHODS:  # reachable through the Python API
             raise PipelineSpecError(f"quantize(calibration={self.calibration!r}): unknown method")
 
@@ -303,6 +318,8 @@ class Quantize(Pass):
             return self.activations, "as asked"
         if self.weights not in ("int8", "uint8"):
             return "none", f"{self.weights} weights are weight-only"
+        if self.blockwise:
+            return "none", "block-wise weights are weight-only"
         return choose_activations(graph, layers)
 
     def _opset_for(self, activations: str, graph: gs.Graph, ctx: PassContext) -> bool:
@@ -310,7 +327,7 @@ class Quantize(Pass):
         int4 and int16); False, with a note, when the model cannot be raised."""
         weight_type = QUANT_TYPES[self.weights]
         needed = 13
-        if weight_type.needs_opset21 or activations == "int16":
+        if weight_type.needs_opset21 or activations == "int16" or self.blockwise:
             needed = 21
         opset = int(graph.opset)
         if opset >= needed:
@@ -329,12 +346,43 @@ class Quantize(Pass):
     def _layers(self, graph: gs.Graph, activations: str) -> tuple[list[Layer], list[str]]:
         """The layers to quantize under ``activations``, and those ``exclude`` names."""
         layers, excluded = find_layers(graph, self.ops, self.exclude, static=_static(activations))
+        if activations == "none" and not self.embeddings:
+            layers = [layer for layer in layers if layer.op != "Gather"]
+        tied = {id(layer) for layer in tied_layers(graph, layers)}
+        layers = [layer for layer in layers if id(layer) not in tied]
         if activations == "dynamic":
             layers = [layer for layer in layers if supports_dynamic(layer) or layer.op == "Gather"]
             for layer in layers:
                 if layer.op == "Gather":
                     layer.axis = None  # one scale per table: a scale per row costs more file
         return layers, excluded
+
+    def _note_float_weights(self, graph: gs.Graph, activations: str, ctx: PassContext) -> None:
+        """Say which weight layers ``_layers`` keeps float on purpose, and why."""
+        layers, _ = find_layers(graph, self.ops, self.exclude, static=_static(activations))
+        if activations == "none" and not self.embeddings:
+            tables = [layer.key for layer in layers if layer.op == "Gather"]
+            if tables:
+                ctx.log(
+                    f"{len(tables)} Gather table(s) (embeddings) stay float: a "
+                    "DequantizeLinear before a Gather dequantizes the whole table on every "
+                    "call (embeddings=true quantizes them)"
+                )
+            layers = [layer for layer in layers if layer.op != "Gather"]
+        tied = tied_layers(graph, layers)
+        if tied:
+            ctx.log(
+                f"{len(tied)} layer(s) share their weight with a reader that is not quantized "
+                "the same way (tied embedding and lm_head) and stay float, stored once: "
+                + ", ".join(layer.key for layer in tied[:_WORST_SHOWN])
+            )
+
+    def rounding_method(self) -> str:
+        """How block-wise weights are rounded: ``rounding``, or for auto gptq when there is
+        calibration data and the data-free clipping search otherwise."""
+        if self.rounding != "auto":
+            return self.rounding
+        return "gptq" if self.calib is not None else "mse"
 
     def _smooth_may_help(self, activations: str) -> bool:
         """Whether to retry a transformer's result with SmoothQuant: only for the scheme that
@@ -353,7 +401,8 @@ class Quantize(Pass):
         as a batch of one runs it."""
         float_model = to_proto(ctx.model)
         try:
-            samples = self._samples(float_model, ctx, calibrated=activations != "none")
+            calibrated = activations != "none" or self.rounding_method() == "gptq"
+            samples = self._samples(float_model, ctx, calibrated=calibrated)
             calibration, held_out, disjoint = split_held_out(samples, self.samples)
             batch = 1 if activations == "dynamic" else BATCH
             held = HeldOut(float_model, held_out, batch)
@@ -390,8 +439,14 @@ class Quantize(Pass):
         weight_type = QUANT_TYPES[self.weights]
         if self.reduce_range and self.weights in ("int8", "uint8"):
             weight_type = weight_type.reduced()
-        config = WeightConfig(weight_type, self.per_channel, self.block_size)
+        config = WeightConfig(
+            weight_type, self.per_channel, self.block_size, self.blockwise, self.rounding_method()
+        )
         builds = _Builds(work, model, self, activations, config, params, float_only)
+        if config.rounding == "gptq":
+            kept = [layer for layer in layers if layer.key not in float_only]
+            source = to_proto(model) if alpha is not None else data.float_model
+            builds.cache.hessians = self._hessians(source, kept, config, data, ctx)
         keys = [layer.key for layer in layers if layer.key not in float_only]
         shadows, pairs = builds.shadows()
         final, results = builds.build(set())
@@ -439,6 +494,44 @@ class Quantize(Pass):
             f"{len(inserted)} through a float Mul"
         )
         return [node.outputs[0].name for node in inserted]
+
+    def _hessians(
+        self,
+        float_model: onnx.ModelProto,
+        layers: list[Layer],
+        config: WeightConfig,
+        data: _Data,
+        ctx: PassContext,
+    ) -> dict[tuple, np.ndarray]:
+        """GPTQ's input second moments, by weight key, for the block-wise 2-D MatMul weights
+        among ``layers`` (a weight read by several inputs sums theirs)."""
+        targets = [
+            layer
+            for layer in layers
+            if layer.op == "MatMul"
+            and blockwise(layer, config)
+            and layer.block_axis == 0
+            and len(layer.source.shape) == 2
+        ]
+        names = list(dict.fromkeys(layer.node.inputs[0].name for layer in targets))
+        if not names:
+            return {}
+        try:
+            measured = hessians(float_model, names, data.calibration)
+        except (InputDataError, InvalidModelError) as exc:
+            raise _CannotCalibrate(exc) from exc
+        result: dict[tuple, np.ndarray] = {}
+        for layer in targets:
+            hessian = measured.get(layer.node.inputs[0].name)
+            if hessian is None:
+                continue
+            key = layer.source.key
+            result[key] = result[key] + hessian if key in result else hessian
+        ctx.log(
+            f"gptq: input statistics of {len(result)} weight(s) from "
+            f"{len(data.calibration)} calibration sample(s)"
+        )
+        return result
 
     def _calibrate(
         self,
