@@ -32,6 +32,7 @@ from onnxslim.inputs import (
     split_rows,
     synthesize_inputs,
 )
+from onnxslim.model import Model
 from onnxslim.progress import progress_bar
 from onnxslim.runtime import open_session, run
 
@@ -190,7 +191,7 @@ def _entropy_threshold(histogram: np.ndarray, bound: float, levels: int) -> floa
 
 
 def calibration_samples(
-    model: onnx.ModelProto,
+    model: Model | onnx.ModelProto,
     source: str | os.PathLike | Sequence[Mapping[str, np.ndarray]] | None,
     count: int,
     *,
@@ -273,7 +274,7 @@ def _stack(samples: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def calibrate(
-    model: onnx.ModelProto,
+    model: Model | onnx.ModelProto,
     tensors: Sequence[str],
     samples: Sequence[Mapping[str, np.ndarray]],
     *,

@@ -154,8 +154,13 @@ def _graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     return [value for value in graph.input if value.name not in initializers]
 
 
-def input_specs(model: onnx.ModelProto | str | os.PathLike | bytes) -> list[InputSpec]:
-    """The inputs a caller must feed (graph inputs that are not initializers), in order."""
+def input_specs(model: Model | onnx.ModelProto | str | os.PathLike | bytes) -> list[InputSpec]:
+    """The inputs a caller must feed (graph inputs that are not initializers), in order.
+
+    A loaded ``Model`` is read without its weights (see :func:`model_input_specs`), so that
+    models over 2 GiB, which no single ModelProto can hold, work too."""
+    if isinstance(model, Model):
+        return model_input_specs(model)
     proto = _as_proto(model)
     ranges = id_ranges(proto)
     return [

@@ -282,12 +282,18 @@ def cosine_similarity(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(a @ b / norms) if norms else float(np.allclose(a, b))
 
 
+_SQNR_CHUNK = 1 << 22  # values per float64 chunk
+
+
 def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio in dB, in float64 (inf when the two are equal,
     -inf when the reference is zero and they are not)."""
-    reference = np.ravel(reference).astype(np.float64)
-    error = reference - np.ravel(approximation).astype(np.float64)
-    noise, signal = float(error @ error), float(reference @ reference)
+    reference, approximation = np.ravel(reference), np.ravel(approximation)
+    noise = signal = 0.0
+    for start in range(0, reference.size, _SQNR_CHUNK):  # float64 copies of a chunk only
+        part = reference[start : start + _SQNR_CHUNK].astype(np.float64)
+        error = part - approximation[start : start + _SQNR_CHUNK].astype(np.float64)
+        noise, signal = noise + float(error @ error), signal + float(part @ part)
     if noise == 0:
         return float("inf")
     return 10.0 * float(np.log10(signal / noise)) if signal else float("-inf")

@@ -42,7 +42,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnxslim.checking import onnxruntime_verdict
 from onnxslim.errors import PipelineSpecError
 from onnxslim.inputs import input_specs, load_inputs, synthesize_inputs
-from onnxslim.model import PROTOBUF_LIMIT, Model, iter_graphs, read_constant, stub_proto, to_proto
+from onnxslim.model import Model, iter_graphs, read_constant, stub_proto
 from onnxslim.pipeline import Pass, PassContext, keep_if_valid
 from onnxslim.registry import DEFAULT_PIPELINE, register_pass
 from onnxslim.rewrite import STANDARD_DOMAINS, describe_nodes, element_type, fresh_name
@@ -654,10 +654,9 @@ def _finite_peak(values: np.ndarray) -> float:
 def _peak_magnitudes(
     model: Model, plan: _Plan, calib: Path | None, samples: int
 ) -> dict[str, float] | None:
-    """The largest finite magnitude of every float32 variable over the samples; None when the
-    model is too large to hand to onnxruntime in memory."""
-    proto = to_proto(model)
-    specs = input_specs(proto)
+    """The largest finite magnitude of every float32 variable over the samples (the session
+    is built from ``model`` whatever its size: see ``runtime.open_session``)."""
+    specs = input_specs(model)
     if calib is not None:
         feeds = load_inputs(calib, specs)[:samples]
     else:
@@ -667,16 +666,8 @@ def _peak_magnitudes(
         for t in plan.graph.tensors().values()
         if isinstance(t, gs.Variable) and plan.is_float(t) and t not in plan.graph.inputs
     ]
-    declared = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(
-        onnx.helper.make_tensor_value_info(name, FLOAT, None)
-        for name in watched
-        if name not in declared
-    )
-    if proto.ByteSize() > PROTOBUF_LIMIT:
-        return None
     peaks: dict[str, float] = defaultdict(float)
-    with open_session(proto, optimize=False) as session:
+    with open_session(model, expose=watched, optimize=False) as session:
         names = [o.name for o in session.get_outputs()]
         for feed in feeds:
             for name, value in zip(names, session.run(None, feed), strict=True):

@@ -53,7 +53,15 @@ from onnxslim.distill.training_graph import build_training_graphs, inferred_grap
 from onnxslim.distill.versions import default_opset, for_native_training, for_training_runtime
 from onnxslim.distill.writeback import write_back
 from onnxslim.inputs import input_specs
-from onnxslim.model import Model, ModelSource, iter_graphs, load, refuse_overwriting_sources, save
+from onnxslim.model import (
+    Model,
+    ModelSource,
+    iter_graphs,
+    load,
+    refuse_overwriting_sources,
+    save,
+    to_proto,
+)
 from onnxslim.pipeline import PassTable
 from onnxslim.runtime import open_session
 
@@ -205,12 +213,20 @@ def _is_quantized(student: Model) -> bool:
     )
 
 
-def _teacher_proto(teacher: ModelSource) -> onnx.ModelProto:
-    if isinstance(teacher, Model):
-        return teacher.to_proto()
+def _teacher_model(teacher: ModelSource) -> Model | onnx.ModelProto:
+    """The teacher as its session is built from: a loaded Model whatever its size (see
+    ``runtime.open_session``), or the ModelProto given."""
+    if isinstance(teacher, Model | onnx.ModelProto):
+        return teacher
+    return load(teacher)
+
+
+def _teacher_signature(teacher: Model | onnx.ModelProto) -> onnx.ModelProto:
+    """The teacher's graph for matching outputs; weights in external files stay there (a
+    teacher over 2 GiB fits no ModelProto)."""
     if isinstance(teacher, onnx.ModelProto):
         return teacher
-    return load(teacher).to_proto()
+    return to_proto(teacher, keep_external=True)
 
 
 def _float_outputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -342,11 +358,15 @@ class _Prepared:
     student: onnx.ModelProto
     teacher: onnx.ModelProto
     quantized: QuantizedWeights
+    teacher_session: Model | onnx.ModelProto | None = None  # else ``teacher``
 
 
 def _prepare(teacher: ModelSource, student: Model, options: DistillOptions) -> _Prepared:
-    teacher_proto = _teacher_proto(teacher)
+    teacher_model = _teacher_model(teacher)
     if options.backend == "ort-training":
+        teacher_proto = teacher_model
+        if isinstance(teacher_model, Model):
+            teacher_proto = teacher_model.to_proto()
         if _is_quantized(student):
             raise QuantizedStudentError(
                 "the student is quantized (QuantizeLinear/DequantizeLinear): onnxruntime-training "
@@ -358,7 +378,12 @@ def _prepare(teacher: ModelSource, student: Model, options: DistillOptions) -> _
             QuantizedWeights(),
         )
     lowered, quantized = lower_quantized(student.to_proto())
-    return _Prepared(for_native_training(lowered, "student"), teacher_proto, quantized)
+    return _Prepared(
+        for_native_training(lowered, "student"),
+        _teacher_signature(teacher_model),
+        quantized,
+        teacher_model,
+    )
 
 
 def _backend(
@@ -464,7 +489,11 @@ def distill_model(
         build_seconds = time.perf_counter() - start
         targets = TeacherTargets(
             scope.enter_context(
-                open_session(prepared.teacher, options.provider, expose=[n for _, n in pairs])
+                open_session(
+                    prepared.teacher_session or prepared.teacher,
+                    options.provider,
+                    expose=[n for _, n in pairs],
+                )
             ),
             data,
             [name for _, name in pairs],

@@ -25,11 +25,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from onnxslim.calibration import batched
 from onnxslim.inputs import input_specs
+from onnxslim.model import Model
 from onnxslim.rewrite import STANDARD_DOMAINS
 from onnxslim.runtime import open_session, run
 from onnxslim.validate import cosine_similarity
@@ -233,14 +233,14 @@ class HeldOut:
 
     def __init__(
         self,
-        float_model: onnx.ModelProto,
+        float_model: Model,
         samples: Sequence[Mapping[str, np.ndarray]],
         batch_size: int = BATCH,
     ) -> None:
         specs = input_specs(float_model)
         self.batches = list(batched(samples, specs, batch_size))
         self.samples = len(samples)
-        self.outputs = [o.name for o in float_model.graph.output]
+        self.outputs = [o.name for o in float_model.graph.outputs]
         self.classifiers: set[str] = set()
         self.reference: list[dict[str, np.ndarray]] | None = None
         masks = [s.name for s in specs if "mask" in s.name.lower() and s.rank == 2]
@@ -248,8 +248,8 @@ class HeldOut:
 
     def profile(
         self,
-        reference_model: onnx.ModelProto,
-        quantized: onnx.ModelProto,
+        reference_model: Model,
+        quantized: Model,
         pairs: Mapping[str, str],
         keys: Iterable[str],
     ) -> tuple[Quality, dict[str, float], dict[str, float]]:
@@ -285,7 +285,7 @@ class HeldOut:
         self.reference = reference
         return self._compare(results), local.result(), accumulated.result()
 
-    def quality(self, model: onnx.ModelProto) -> Quality:
+    def quality(self, model: Model) -> Quality:
         """The agreement of ``model``'s outputs with the float model's (after ``profile``)."""
         with open_session(model) as session:
             results = [

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 from onnxslim.passes.convert_opset import ConversionError, convert
 from onnxslim.passes.infer_shapes import InferShapes
@@ -81,7 +80,7 @@ from onnxslim.errors import (
     PipelineSpecError,
     QualityFloorError,
 )
-from onnxslim.model import Model, copy_graph, iter_graphs, read_constant, to_proto
+from onnxslim.model import Model, copy_graph, iter_graphs, read_constant
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import DEFAULT_PIPELINE, register_pass
 
@@ -399,7 +398,9 @@ class Quantize(Pass):
 
         Dynamic ranges span the whole input, so that scheme is measured one sample at a time,
         as a batch of one runs it."""
-        float_model = to_proto(ctx.model)
+        # A Model, not a ModelProto: sessions are built from it whatever its size (a proto
+        # cannot hold more than 2 GiB).
+        float_model = dataclasses.replace(ctx.model, graph=copy_graph(ctx.model.graph))
         try:
             calibrated = activations != "none" or self.rounding_method() == "gptq"
             samples = self._samples(float_model, ctx, calibrated=calibrated)
@@ -433,7 +434,7 @@ class Quantize(Pass):
         params: dict[str, QuantParams] = {}
         if _static(activations):
             qtype = QUANT_TYPES[activations]
-            source = to_proto(model) if alpha is not None else data.float_model
+            source = model if alpha is not None else data.float_model
             kept = [layer for layer in layers if layer.key not in float_only]
             params = self._calibrate(source, work, kept, data.calibration, qtype, ctx)
         weight_type = QUANT_TYPES[self.weights]
@@ -445,7 +446,7 @@ class Quantize(Pass):
         builds = _Builds(work, model, self, activations, config, params, float_only)
         if config.rounding == "gptq":
             kept = [layer for layer in layers if layer.key not in float_only]
-            source = to_proto(model) if alpha is not None else data.float_model
+            source = model if alpha is not None else data.float_model
             builds.cache.hessians = self._hessians(source, kept, config, data, ctx)
         keys = [layer.key for layer in layers if layer.key not in float_only]
         shadows, pairs = builds.shadows()
@@ -454,7 +455,7 @@ class Quantize(Pass):
         return _Attempt(builds, keys, activations, alpha, results, quality, local, output_sqnr)
 
     def _samples(
-        self, float_model: onnx.ModelProto, ctx: PassContext, calibrated: bool
+        self, float_model: Model, ctx: PassContext, calibrated: bool
     ) -> Sequence[dict[str, np.ndarray]]:
         def warn(message: str) -> None:
             if calibrated:
@@ -497,7 +498,7 @@ class Quantize(Pass):
 
     def _hessians(
         self,
-        float_model: onnx.ModelProto,
+        float_model: Model,
         layers: list[Layer],
         config: WeightConfig,
         data: _Data,
@@ -535,7 +536,7 @@ class Quantize(Pass):
 
     def _calibrate(
         self,
-        float_model: onnx.ModelProto,
+        float_model: Model,
         graph: gs.Graph,
         layers: list[Layer],
         samples: Sequence[Mapping[str, np.ndarray]],
@@ -716,7 +717,7 @@ def _calibrated(*args, **kwargs) -> dict[str, TensorStats]:
 class _Data:
     """The float model, its calibration samples and its held-out ones."""
 
-    float_model: onnx.ModelProto
+    float_model: Model
     calibration: Sequence[Mapping[str, np.ndarray]]
     held: HeldOut
 
@@ -769,7 +770,7 @@ class _Builds:
     def _weight(self, layer: Layer):
         return layer_weight(layer, self.config, self.params, self.static, self.cache)
 
-    def build(self, keep_float: set[str]) -> tuple[onnx.ModelProto, list[LayerResult]]:
+    def build(self, keep_float: set[str]) -> tuple[Model, list[LayerResult]]:
         copy = copy_graph(self.graph)
         layers = self._layers(copy, keep_float)
         if self.activations == "dynamic":
@@ -782,9 +783,9 @@ class _Builds:
             results = insert_qdq(copy, layers, marks, self.params, self.config, self.cache)
         copy.cleanup(remove_unused_graph_inputs=False)
         self.last = copy
-        return self._proto(copy), results
+        return self._model(copy), results
 
-    def shadows(self) -> tuple[onnx.ModelProto, dict[str, str]]:
+    def shadows(self) -> tuple[Model, dict[str, str]]:
         """The float model with a shadow per layer (see ``guard.add_shadows``)."""
         copy = copy_graph(self.graph)
         layers = self._layers(copy, set())
@@ -802,10 +803,10 @@ class _Builds:
             }
             params = resolve_params(marks, self.params, tables)
             pairs = add_shadows(copy, layers, params, self._weight)
-        return self._proto(copy), pairs
+        return self._model(copy), pairs
 
-    def _proto(self, graph: gs.Graph) -> onnx.ModelProto:
-        return to_proto(dataclasses.replace(self.model, graph=graph))
+    def _model(self, graph: gs.Graph) -> Model:
+        return dataclasses.replace(self.model, graph=graph)
 
     def commit(self, graph: gs.Graph) -> None:
         """Make ``graph`` the last variant built."""

@@ -35,6 +35,7 @@ from onnxslim.validate import sqnr_db
 __all__ = ["ClusterWeights", "kmeans_1d"]
 
 # Centroids are fitted on at most this many values per channel (all are assigned).
+_ASSIGN_CHUNK = 1 << 22  # values assigned to centroids at once
 _FIT_SAMPLE = 1 << 16
 # Indices of so many bits are stored this many bits wide (8 // width to a byte).
 _PACK_WIDTHS = {2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8}
@@ -83,7 +84,7 @@ class ClusterWeights(Pass):
             values = weight.values()
             axis = weight.channel_axis if self.per_channel else None
             codebook, indices = _cluster(values, axis, 1 << self.bits, self.iterations)
-            clustered = _rebuild(codebook, indices, values.shape, axis).astype(values.dtype)
+            clustered = _rebuild(codebook.astype(values.dtype), indices, values.shape, axis)
             before = values.nbytes
             width = _PACK_WIDTHS[self.bits]
             packed = pack_bits(indices, width)
@@ -172,10 +173,24 @@ def _cluster(
     tensor; per channel, codebook ``[C, K]`` and indices ``[C, M]`` with the channel first."""
     rows = values.reshape(1, -1) if axis is None else _channel_rows(values, axis)
     centroids = kmeans_1d(rows, clusters, iterations)
-    indices = _assign(rows.astype(np.float64), centroids).astype(np.uint8)
+    indices = _assign_in_chunks(rows, centroids)
     if axis is None:
         return centroids[0], indices.reshape(values.shape)
     return centroids, indices
+
+
+def _assign_in_chunks(rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """:func:`_assign` as uint8, a few million values at a time: its float64 and int64
+    temporaries are 8 bytes a value, which a weight of hundreds of millions cannot afford."""
+    indices = np.empty(rows.shape, dtype=np.uint8)
+    height = max(1, _ASSIGN_CHUNK // max(rows.shape[1], 1))
+    width = min(rows.shape[1], _ASSIGN_CHUNK)
+    for top in range(0, rows.shape[0], height):
+        band = slice(top, top + height)
+        for left in range(0, rows.shape[1], max(width, 1)):
+            cells = rows[band, left : left + width].astype(np.float64)
+            indices[band, left : left + width] = _assign(cells, centroids[band])
+    return indices
 
 
 def _channel_rows(values: np.ndarray, axis: int) -> np.ndarray:
@@ -189,7 +204,7 @@ def _rebuild(
     if axis is None:
         return codebook[indices]
     moved = (shape[axis], *shape[:axis], *shape[axis + 1 :])
-    dense = np.take_along_axis(codebook, indices.astype(np.int64), axis=1).reshape(moved)
+    dense = np.take_along_axis(codebook, indices, axis=1).reshape(moved)
     return np.moveaxis(dense, 0, axis)
 
 

@@ -133,10 +133,14 @@ class PruneWeights(Pass):
     ) -> tuple[str, int]:
         """Store the pruned weight in the smallest allowed form; (form, bytes)."""
         sizes = {"dense": pruned.nbytes}
-        coo = sparse_form(weight.name, pruned) if self.sparse_format != "mask" else None
+        nonzero = np.count_nonzero(pruned)
+        # A sparse initializer is one protobuf message: past 2 GiB it cannot be written,
+        # and its values go through Python lists on the way (a few times the weight's size).
+        index_bytes = -(-max(int(pruned.size).bit_length(), 1) // 7)  # varint of the last one
+        fits = nonzero * (pruned.itemsize + index_bytes) < _COO_LIMIT
+        coo = sparse_form(weight.name, pruned) if self.sparse_format != "mask" and fits else None
         if coo is not None:
             sizes["coo"] = coo.ByteSize()
-        nonzero = np.count_nonzero(pruned)
         if self.sparse_format != "coo" and nonzero and int(graph.opset) >= REBUILD_OPSET:
             sizes["mask"] = -(-pruned.size // 8) + nonzero * pruned.itemsize
         form = min(sizes, key=sizes.get)
@@ -161,11 +165,26 @@ class PruneWeights(Pass):
 
 
 def _prune_count(values: np.ndarray, count: int) -> np.ndarray:
-    """``values`` with exactly its ``count`` smallest magnitudes zeroed."""
-    flat = values.ravel().copy()
-    if count > 0:
-        flat[np.argpartition(np.abs(flat), count - 1)[:count]] = 0
-    return flat.reshape(values.shape)
+    """``values`` with exactly its ``count`` smallest magnitudes zeroed.
+
+    The ``count``-th magnitude is found by partitioning the magnitudes (in the weight's own
+    type), not by ranking positions: int64 positions would take twice a float32 weight's
+    memory, which a weight of hundreds of millions of values cannot spare."""
+    pruned = values.copy()
+    if count <= 0:
+        return pruned
+    magnitudes = np.abs(pruned.ravel())
+    limit = np.partition(magnitudes, count - 1)[count - 1]
+    flat = pruned.reshape(-1)
+    below = magnitudes < limit
+    flat[below] = 0
+    ties = np.flatnonzero(magnitudes == limit)[: count - int(np.count_nonzero(below))]
+    flat[ties] = 0
+    return pruned
+
+
+# The largest sparse initializer built (bytes, estimated before building it).
+_COO_LIMIT = 2**29
 
 
 def _zero_fraction(values: np.ndarray) -> float:
