@@ -75,6 +75,9 @@ _INDEX_PRESERVING = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Iden
 _BATCH_NAMES = {"n", "b", "bs", "batch", "batch_size", "batchsize"}
 _DEFAULT_BATCH = 1
 _DEFAULT_NAMED_DIM = 16
+# Tokens a synthesized KV cache (``past_key_values``) holds: short, so that the cache is
+# exercised without dominating the work.
+_DEFAULT_PAST = 4
 _DEFAULT_ID_HIGH = 10
 
 
@@ -327,6 +330,7 @@ def resolve_shapes(
                 if isinstance(dim, str):
                     bound.setdefault(dim, size)
 
+    _bind_decoder_dims(specs, shapes, bound)
     resolved = {}
     for spec in specs:
         if spec.name in shapes:
@@ -340,14 +344,95 @@ def resolve_shapes(
         dims = []
         for dim in spec.shape:
             if isinstance(dim, str):
-                dims.append(bound.setdefault(dim, _default_size(dim)))
+                dims.append(_named_size(dim, bound))
             else:
                 dims.append(1 if dim is None else dim)
         resolved[spec.name] = tuple(dims)
     return resolved
 
 
-def _sample(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+def _named_size(dim: str, bound: dict[str, int]) -> int:
+    """The size of a symbolic dim: bound already, a sum of others
+    (``past_sequence_length + sequence_length``, as optimum names a mask's length), or its
+    default."""
+    if dim not in bound and "+" in dim:
+        parts = [part.strip() for part in dim.split("+")]
+        if all(parts):
+            return bound.setdefault(
+                dim, sum(int(p) if p.isdigit() else _named_size(p, bound) for p in parts)
+            )
+    return bound.setdefault(dim, _default_size(dim))
+
+
+def is_cache_input(spec: InputSpec) -> bool:
+    """A decoder's KV cache input (``past_key_values.0.key``, ``past_key``, ``cache.3``): a
+    float tensor of rank 3 or more named after the past or a cache."""
+    lowered = spec.name.lower()
+    named = "past" in lowered or ("cache" in lowered and "position" not in lowered)
+    dtype = spec.dtype
+    floating = dtype is not None and np.issubdtype(dtype, np.floating)
+    return named and floating and spec.rank is not None and spec.rank >= 3
+
+
+def _is_mask(spec: InputSpec) -> bool:
+    return "mask" in spec.name.lower() and spec.rank == 2
+
+
+def _bind_decoder_dims(
+    specs: list[InputSpec], shapes: Mapping[str, list[int]], bound: dict[str, int]
+) -> None:
+    """Sizes for a decoder with a KV cache: the cache's length is short
+    (:data:`_DEFAULT_PAST`), and an attention mask spans the cached and the new tokens, as a
+    decoder requires (dynamo exports give the mask's length a name of its own)."""
+    caches = [spec for spec in specs if is_cache_input(spec)]
+    if not caches:
+        return
+    given = [shapes[spec.name][-2] for spec in caches if spec.name in shapes]
+    past = given[0] if given else _DEFAULT_PAST
+    for spec in caches:
+        named = [dim for dim in spec.shape[1:] if isinstance(dim, str)]  # axis 0: the batch
+        if spec.name not in shapes and named:
+            bound.setdefault(named[0], past)
+    tokens = next(
+        (
+            spec
+            for spec in specs
+            if spec.rank == 2
+            and not _is_mask(spec)
+            and spec.dtype is not None
+            and np.issubdtype(spec.dtype, np.integer)
+            and isinstance(spec.shape[-1], str)
+        ),
+        None,
+    )
+    if tokens is None:
+        return
+    length = (
+        shapes[tokens.name][-1] if tokens.name in shapes else _named_size(tokens.shape[-1], bound)
+    )
+    for spec in specs:
+        last = spec.shape[-1] if _is_mask(spec) and spec.name not in shapes else None
+        if isinstance(last, str) and last != tokens.shape[-1]:
+            bound.setdefault(last, past + length)
+
+
+def _past_length(specs: list[InputSpec], resolved: Mapping[str, tuple[int, ...]]) -> int:
+    """Tokens in the synthesized KV cache: an attention mask's length beyond the tokens'
+    (positions continue after the cache), else 0."""
+    masks = [resolved[spec.name][-1] for spec in specs if _is_mask(spec)]
+    positions = [
+        resolved[spec.name][-1]
+        for spec in specs
+        if spec.id_range is not None and spec.id_range.positional and resolved[spec.name]
+    ]
+    if not masks or not positions or not any(is_cache_input(spec) for spec in specs):
+        return 0
+    return max(0, masks[0] - positions[0])
+
+
+def _sample(
+    spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, past: int = 0
+) -> np.ndarray:
     dtype = spec.dtype
     if dtype is None or dtype == np.dtype(object):
         raise InputDataError(
@@ -361,8 +446,13 @@ def _sample(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator) -
     id_range = spec.id_range or IdRange(1, _DEFAULT_ID_HIGH)  # see id_ranges
     high = min(id_range.high, int(np.iinfo(dtype).max) + 1)
     if id_range.positional:
-        positions = np.arange(shape[-1]) % high if shape else 0
+        positions = (past + np.arange(shape[-1])) % high if shape else 0
         return np.broadcast_to(positions, shape).astype(dtype)
+    if _is_mask(spec) and id_range.high == 2 and shape[-1] > 0:
+        # Padding at the end of each row, never all of it: holes, or a row that attends to
+        # nothing, are no input a model meets (a decoder's softmax turns them into NaN).
+        kept = rng.integers(max(1, (shape[-1] + 1) // 2), shape[-1] + 1, size=shape[0])
+        return (np.arange(shape[-1]) < kept[:, None]).astype(dtype)
     return rng.integers(id_range.low, high, size=shape, dtype=dtype)
 
 
@@ -380,10 +470,11 @@ def synthesize_inputs(
     """
     specs = list(specs)
     resolved = resolve_shapes(specs, shapes)
+    past = _past_length(specs, resolved)
     feeds = {}
     for spec in specs:
         rng = np.random.default_rng([seed, sample_index, zlib.crc32(spec.name.encode())])
-        feeds[spec.name] = _sample(spec, resolved[spec.name], rng)
+        feeds[spec.name] = _sample(spec, resolved[spec.name], rng, past)
     return feeds
 
 
