@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
@@ -179,6 +180,8 @@ def _feeds(vocab: int, count: int, tokens: int, seed: int) -> list[dict[str, np.
 
 
 def _export(name: str, out: Path, export_python: Path) -> Path:
+    """The export, its Gemms (GPT-2's Conv1D) rewritten as MatMul + Add: onnxruntime's
+    MatMulNBitsQuantizer quantizes MatMul only, and both quantizers must see the same layers."""
     path = out / f"{name}.onnx"
     if not path.exists():
         subprocess.run(
@@ -186,14 +189,44 @@ def _export(name: str, out: Path, export_python: Path) -> Path:
             check=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
-    return path
+    source = out / f"{name}.matmul.onnx"
+    if not source.exists():
+        model = onnx.load(str(path))
+        _gemm_to_matmul(model.graph)
+        onnx.save(model, str(source))
+    return source
+
+
+def _gemm_to_matmul(graph: onnx.GraphProto) -> None:
+    """Plain Gemms (alpha = beta = 1, no transA) with a constant weight as MatMul + Add."""
+    weights = {t.name: t for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+        if node.op_type != "Gemm" or not plain or attrs.get("transA", 0):
+            nodes.append(node)
+            continue
+        weight = node.input[1]
+        if attrs.get("transB", 0) and weight in weights:
+            values = onnx.numpy_helper.to_array(weights[weight]).T.copy()
+            weights[weight].CopyFrom(onnx.numpy_helper.from_array(values, weight))
+        elif attrs.get("transB", 0):
+            nodes.append(node)
+            continue
+        product = node.output[0] + "_matmul" if len(node.input) > 2 else node.output[0]
+        nodes.append(onnx.helper.make_node("MatMul", node.input[:2], [product], node.name))
+        if len(node.input) > 2:
+            nodes.append(onnx.helper.make_node("Add", [product, node.input[2]], node.output))
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def measure(name: str, args: argparse.Namespace) -> list[dict]:
     out = args.out
     source = _export(name, out, args.export_python)
     vocab = json.loads((out / f"{name}.json").read_text())["inputs"][0]["high"]
-    calib = out / f"{name}.calib.npz"
+    calib = out / f"{source.stem}.calib.npz"
     rows = _feeds(vocab, args.calib, args.calib_tokens, seed=1)
     np.savez(calib, **{k: np.concatenate([r[k] for r in rows]) for k in rows[0]})
     held_out = _feeds(vocab, args.heldout, args.tokens, seed=2)
