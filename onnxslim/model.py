@@ -1621,9 +1621,7 @@ class _InlineTensor:
                 data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype),
                 dims=array.shape,
             )
-            return cls(
-                head.SerializeToString(), array.nbytes, lambda: (byte_view(array),)
-            )
+            return cls(head.SerializeToString(), array.nbytes, lambda: (byte_view(array),))
         whole = _tensor_proto(constant, base_dir).SerializeToString()
         return cls(whole, None, tuple)
 

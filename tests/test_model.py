@@ -388,9 +388,7 @@ def test_empty_numpy_constants_are_written(tmp_path):
     which the streaming writer must not trip over."""
     model = load(_matmul_model())
     empty = gs.Constant("state", np.zeros((2, 0, 3), np.float32))
-    concat = gs.Node(
-        "Concat", inputs=[model.graph.outputs[0], empty], outputs=[gs.Variable("z")]
-    )
+    concat = gs.Node("Concat", inputs=[model.graph.outputs[0], empty], outputs=[gs.Variable("z")])
     concat.attrs["axis"] = 1
     model.graph.nodes.append(concat)
     saved = onnx.load(save(model, tmp_path / "out.onnx"))

@@ -657,8 +657,7 @@ class Quantize(Pass):
             "dynamic": "dynamic activations",
         }.get(
             activations,
-            f"{activations} activations ({self.calibration} calibration on "
-            f"{calibrated} sample(s))",
+            f"{activations} activations ({self.calibration} calibration on {calibrated} sample(s))",
         )
         if attempt.alpha is not None:
             mode += f", smoothed (alpha {attempt.alpha})"
