@@ -635,7 +635,9 @@ def _checks(stages: list[Stage], fastest: dict) -> dict[str, bool | None]:
         model: str, kind: str, reference_stage: str, higher_better: bool = True
     ) -> bool | None:
         base = by.get((model, reference_stage))
-        before = by.get((model, f"distilled + {kind}"))
+        before = by.get((model, f"distilled + {kind}")) or by.get(
+            (model, f"distilled + {kind} (static QDQ)")
+        )
         after = by.get((model, f"distilled + {kind}, then distilled (QAT)"))
         if None in (base, before, after):
             return None
