@@ -28,6 +28,9 @@ from onnxslim.passes.fusions import FuseAttention, FuseRMSNorm, FuseRotary  # no
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "transformers"
 EXPORTS = sorted(FIXTURES.glob("*.onnx"))
+# Decoders with a key/value cache concatenate the past to the 4-D heads, so their attention
+# fuses on the heads (no 3-D projections to take).
+WITHOUT_CACHE = [p for p in EXPORTS if "_kv_" not in p.stem]
 FUSED = {
     "bert": {"Attention": 2, "LayerNormalization": 5, "Gelu": 2},
     "vit": {"Attention": 2, "LayerNormalization": 5, "Gelu": 2},
@@ -59,7 +62,7 @@ def test_exports_fuse_into_standard_ops_with_equal_outputs(path):
     assert_same_outputs(path, proto, _padded_feeds(path), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("path", EXPORTS, ids=[p.stem for p in EXPORTS])
+@pytest.mark.parametrize("path", WITHOUT_CACHE, ids=[p.stem for p in WITHOUT_CACHE])
 def test_attention_takes_the_projections_without_head_reshapes(path):
     model, _ = optimize(path, target_opset=23)
     proto = model.to_proto()
