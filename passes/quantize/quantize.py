@@ -55,6 +55,7 @@ from onnxslim.passes.quantize.graph import (
     WeightCache,
     WeightConfig,
     blockwise,
+    gather_before_dequantize,
     insert_qdq,
     layer_weight,
     mark_activations,
@@ -780,6 +781,8 @@ class _Builds:
         else:
             marks = mark_activations(copy, layers) if self.static else {}
             results = insert_qdq(copy, layers, marks, self.params, self.config, self.cache)
+        if not self.static:  # static tables get a Q on the rows instead (see graph)
+            gather_before_dequantize(copy)
         copy.cleanup(remove_unused_graph_inputs=False)
         self.last = copy
         return self._model(copy), results
