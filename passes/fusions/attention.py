@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnxslim.passes.fusions.broadcast import dim_extent, expand_to
 from onnxslim.passes.fusions.heads import (
     HEADS_FIRST,
     HeadMerge,
@@ -38,7 +39,6 @@ from onnxslim.rewrite import (
     Miss,
     Rule,
     Scope,
-    dim_source,
     fail,
     same_dim,
     shape_entries,
@@ -421,36 +421,5 @@ def _mask_for(
     if last is not None and same_dim(last[0], rows) and same_dim(last[1], columns):
         return mask
     pieces = [scope.new_constant("attention_mask_ones", np.ones(max(size or 2, 2) - 2, np.int64))]
-    for dim in (dim_source(rows.tensor, rows.axis), dim_source(columns.tensor, columns.axis)):
-        extent = gs.Variable(scope.fresh_name(f"{dim.tensor.name}_dim{dim.axis}"), np.int64, [1])
-        shape = gs.Node(
-            "Shape",
-            name=scope.fresh_node_name(f"{dim.tensor.name}_Shape"),
-            attrs={"start": dim.axis, "end": dim.axis + 1},
-            inputs=[dim.tensor],
-            outputs=[extent],
-        )
-        scope.add_node(graph, shape)
-        pieces.append(extent)
-    target = gs.Variable(scope.fresh_name(f"{mask.name}_rows_columns"), np.int64, [size or 2])
-    scope.add_node(
-        graph,
-        gs.Node(
-            "Concat",
-            name=scope.fresh_node_name(f"{mask.name}_Concat"),
-            attrs={"axis": 0},
-            inputs=pieces,
-            outputs=[target],
-        ),
-    )
-    expanded = gs.Variable(scope.fresh_name(f"{mask.name}_expanded"), mask.dtype)
-    scope.add_node(
-        graph,
-        gs.Node(
-            "Expand",
-            name=scope.fresh_node_name(f"{mask.name}_Expand"),
-            inputs=[mask, target],
-            outputs=[expanded],
-        ),
-    )
-    return expanded
+    pieces += [dim_extent(rows, graph, scope), dim_extent(columns, graph, scope)]
+    return expand_to(mask, pieces, graph, scope, "expanded")

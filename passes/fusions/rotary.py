@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnxslim.passes.eliminations.slices import INT64_MAX, SliceSpec
+from onnxslim.passes.fusions.broadcast import dim_extent, expand_to
 
 from onnxslim.rewrite import (
     DimOf,
@@ -21,7 +22,6 @@ from onnxslim.rewrite import (
     MatchResult,
     Rule,
     Scope,
-    dim_source,
     fail,
     same_dim,
     shape_entries,
@@ -229,38 +229,5 @@ def _batched(half: gs.Tensor, x: gs.Tensor, graph: gs.Graph, scope: Scope) -> gs
     """``half`` with x's batch: itself where provably so, else expanded to it."""
     if same_dim(DimOf(half, 0), DimOf(x, 0)):
         return half
-    source = dim_source(x, 0)
-    batch = gs.Variable(scope.fresh_name(f"{source.tensor.name}_batch"), np.int64, [1])
-    scope.add_node(
-        graph,
-        gs.Node(
-            "Shape",
-            name=scope.fresh_node_name(f"{source.tensor.name}_Shape"),
-            attrs={"start": source.axis, "end": source.axis + 1},
-            inputs=[source.tensor],
-            outputs=[batch],
-        ),
-    )
-    target = gs.Variable(scope.fresh_name(f"{half.name}_target"), np.int64, [3])
     ones = scope.new_constant("rotary_ones", np.ones(2, np.int64))
-    scope.add_node(
-        graph,
-        gs.Node(
-            "Concat",
-            name=scope.fresh_node_name(f"{half.name}_Concat"),
-            attrs={"axis": 0},
-            inputs=[batch, ones],
-            outputs=[target],
-        ),
-    )
-    expanded = gs.Variable(scope.fresh_name(f"{half.name}_batched"), half.dtype)
-    scope.add_node(
-        graph,
-        gs.Node(
-            "Expand",
-            name=scope.fresh_node_name(f"{half.name}_Expand"),
-            inputs=[half, target],
-            outputs=[expanded],
-        ),
-    )
-    return expanded
+    return expand_to(half, [dim_extent(DimOf(x, 0), graph, scope), ones], graph, scope, "batched")
