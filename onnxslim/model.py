@@ -365,34 +365,29 @@ def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
 
 def copy_graph(graph: gs.Graph) -> gs.Graph:
     """``graph.copy()`` (weights shared, not copied), keeping what gs's copy drops: whether a
-    value is a tensor, a sequence or another kind (``Variable.type``). Passes that rewrite a
-    copy and swap it in would otherwise turn sequence inputs into tensors."""
+    value is a tensor, a sequence or another kind (``Variable.type``), and that a subgraph
+    reads the outer graph's tensor itself. Passes that rewrite a copy and swap it in would
+    otherwise turn sequence inputs into tensors, and write an outer initializer once per
+    subgraph that reads it (gs copies it per subgraph; onnx.checker refuses the duplicates)."""
     copy = graph.copy()
     pairs = list(zip(iter_graphs(graph), iter_graphs(copy), strict=True))
-    for original, copied in pairs:
-        kinds = {name: t.type for name, t in original.tensors().items() if hasattr(t, "type")}
-        for name, tensor in copied.tensors().items():
-            if name in kinds:
-                tensor.type = kinds[name]
-    _share_outer_tensors(pairs)
-    return copy
-
-
-def _share_outer_tensors(pairs: list[tuple[gs.Graph, gs.Graph]]) -> None:
-    """Make a subgraph of the copy read the outer graph's copy of a tensor it reads from an
-    enclosing scope, as the original does: gs copies such a tensor once per subgraph, and
-    several Constants of one name are initializers that onnx.checker refuses as duplicates."""
-    canonical: dict[int, gs.Tensor] = {}
-    for original, copied in pairs:  # outer graphs first: they name the canonical copy
+    canonical: dict[int, gs.Tensor] = {}  # original tensor -> its copy in the outermost graph
+    for original, copied in pairs:  # outer graphs first
         copies = copied.tensors()
         for name, tensor in original.tensors().items():
-            canonical.setdefault(id(tensor), copies[name])
+            twin = copies.get(name)
+            if twin is None:
+                continue
+            if hasattr(tensor, "type"):
+                twin.type = tensor.type
+            canonical.setdefault(id(tensor), twin)
     for original, copied in pairs[1:]:
         for source, target in zip(original.nodes, copied.nodes, strict=True):
             for index, tensor in enumerate(source.inputs):
                 shared = canonical.get(id(tensor))
                 if shared is not None and target.inputs[index] is not shared:
                     target.inputs[index] = shared
+    return copy
 
 
 def file_bytes(files: Iterable[str | os.PathLike]) -> int | None:

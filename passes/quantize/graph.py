@@ -410,8 +410,8 @@ def gather_before_dequantize(graph: gs.Graph) -> int:
             moved += 1
         table_dq.inputs.clear()
         table_dq.outputs.clear()
-    if moved:
-        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    if moved:  # the detached DequantizeLinears go with the caller's cleanup
+        graph.toposort()
     return moved
 
 
