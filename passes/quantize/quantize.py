@@ -91,7 +91,8 @@ __all__ = ["Quantize", "AlreadyQuantizedError", "QUANTIZED_OPS"]
 # quantization step would swallow every real value beside them.
 _SENTINEL = 1e6
 # SQNR in dB of the weight, of the layer's output with only that layer quantized, and of its
-# output in the quantized model (the error accumulated up to it); short, for 80 columns.
+# output with every layer quantized (the error accumulated up to it, which the accuracy
+# guard's choice starts from); short, for 80 columns.
 _TABLE_COLUMNS = ["layer", "op", "type", "weight dB", "alone dB", "model dB", "kept"]
 # Ops that mark a model as quantized already.
 QUANTIZED_OPS = frozenset(
@@ -599,9 +600,15 @@ class Quantize(Pass):
                 "layers float)"
             )
         builds = attempt.builds
-        found = keep_float_until(
-            ranked, lambda kept: data.held.quality(builds.build(set(kept))[0]), floor
-        )
+        last: list = [None, None]  # the variant evaluated last: its kept layers, its results
+
+        def evaluate(kept: list[str]) -> Quality:
+            model, results = builds.build(set(kept))
+            last[:] = [kept, results]
+            return data.held.quality(model)
+
+        noise = [10 ** (-_finite(local.get(key)) / 10) for key in ranked]
+        found = keep_float_until(ranked, evaluate, floor, quality, noise)
         if found is None:
             raise QualityFloorError(
                 f"quantize: {misses} on {quality.samples} held-out sample(s) with every layer "
@@ -614,10 +621,12 @@ class Quantize(Pass):
             f"{len(found.kept)} layer(s) kept float ({found.evaluations} variants evaluated): "
             + ", ".join(found.kept)
         )
-        final, attempt.results = builds.build(set(found.kept))
-        attempt.quality, _, attempt.output_sqnr = data.held.profile(
-            data.float_model, final, {}, attempt.keys
-        )
+        # Usually the variant evaluated last is the one chosen; else build that one again.
+        kept, results = last
+        if kept != found.kept:
+            _, results = builds.build(set(found.kept))
+        attempt.results = results
+        attempt.quality = found.quality
         attempt.kept = found.kept
 
     def _report(
@@ -642,13 +651,21 @@ class Quantize(Pass):
             for result in attempt.results
         ]
         rows += [
-            [key, "", "float", None, _rounded(local.get(key)), None, "accuracy guard"]
+            [
+                key,
+                "",
+                "float",
+                None,
+                _rounded(local.get(key)),
+                _rounded(output_sqnr.get(key)),
+                "accuracy guard",
+            ]
             for key in attempt.kept
         ]
         rows += [[key, "", "float", None, None, None, "excluded"] for key in excluded]
         ctx.table(
             "quantize: per-layer SQNR of the weight, of the output with the layer quantized "
-            "alone, and in the quantized model",
+            "alone, and in the model with every layer quantized",
             _TABLE_COLUMNS,
             rows,
         )
