@@ -62,7 +62,13 @@ from onnxslim.passes.quantize.graph import (
     resolve_params,
 )
 from onnxslim.passes.quantize.guard import add_shadows, keep_float_until
-from onnxslim.passes.quantize.layers import DEFAULT_OPS, Layer, find_layers, tied_layers
+from onnxslim.passes.quantize.layers import (
+    DEFAULT_OPS,
+    Layer,
+    column_axis,
+    find_layers,
+    tied_layers,
+)
 from onnxslim.passes.quantize.numerics import QUANT_TYPES, QuantParams, QuantType, activation_params
 from onnxslim.passes.quantize.opset import raise_to_opset21, set_opset
 from onnxslim.passes.quantize.scheme import choose_activations
@@ -355,7 +361,10 @@ class Quantize(Pass):
             layers = [layer for layer in layers if supports_dynamic(layer) or layer.op == "Gather"]
             for layer in layers:
                 if layer.op == "Gather":
-                    layer.axis = None  # one scale per table: a scale per row costs more file
+                    # A scale per column (hidden channel): trained embeddings have outlier
+                    # channels (MiniLM's position table: 39 dB against 15 dB with one scale),
+                    # and the rows read are dequantized after the Gather all the same.
+                    layer.axis = column_axis(layer)
         return layers, excluded
 
     def _note_float_weights(self, graph: gs.Graph, activations: str, ctx: PassContext) -> None:
