@@ -45,15 +45,14 @@ from onnxslim.passes.quantize.numerics import (
     QuantType,
     bias_params,
     blockwise_params,
-    dequantize,
     pack_int4,
+    quantization_sqnr,
     quantize,
     weight_params,
 )
 
 from onnxslim.model import read_constant
 from onnxslim.rewrite import STANDARD_DOMAINS, fresh_name
-from onnxslim.validate import sqnr_db
 
 __all__ = [
     "WeightConfig",
@@ -193,7 +192,7 @@ class WeightCache:
             else:
                 params = weight_params(weights, config.qtype, layout)
                 values = quantize(weights, params)
-            sqnr = sqnr_db(weights, dequantize(values, params))
+            sqnr = quantization_sqnr(weights, values, params)
             self._entries[key] = QuantizedWeight(values, params, sqnr)
         return self._entries[key]
 
@@ -230,7 +229,8 @@ class GraphBuilder:
             tensor.dims.extend(values.shape)
             tensor.raw_data = pack_int4(values)
             return gs.Constant(tensor.name, LazyValues(tensor))
-        return gs.Constant(self.name(base), np.array(values, order="C"))
+        # No copy: the cached integer weights are shared by every variant built.
+        return gs.Constant(self.name(base), np.asarray(values, order="C"))
 
     def params(self, base: str, params: QuantParams) -> list[gs.Constant]:
         """Scale and zero point constants (no zero point for int4 and signed block-wise

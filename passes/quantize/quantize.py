@@ -831,6 +831,11 @@ class _Builds:
             }
             params = resolve_params(marks, self.params, tables)
             pairs = add_shadows(copy, layers, params, self._weight)
+        if not self.static:
+            # A shadow table is dequantized whole on every run otherwise (MiniLM's: 47 MB).
+            gather_before_dequantize(copy)
+            # Not cleanup(): the shadows' outputs are read by nothing yet.
+            copy.nodes = [node for node in copy.nodes if node.outputs]
         return self._model(copy), pairs
 
     def _model(self, graph: gs.Graph) -> Model:
