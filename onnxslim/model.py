@@ -415,12 +415,17 @@ def constant_nbytes(tensor: gs.Constant) -> int:
 
 
 def read_constant(tensor: gs.Constant) -> np.ndarray:
-    """A constant's values, without caching them on the tensor.
+    """A constant's values, without caching them on the tensor; read-only (the tensor's own
+    array, or a view of the bytes of its proto).
 
     ``Constant.values`` replaces lazy values by a numpy array for good; passes that only look
-    (hashing, statistics) use this so that a multi-GB model is not pulled into memory.
+    (hashing, statistics, quantizing) use this so that a multi-GB model is not pulled into
+    memory.
     """
     values = tensor._values
+    if type(values) is LazyValues:
+        # LazyValues.load copies the bytes protobuf hands out: twice the tensor at once.
+        return numpy_helper.to_array(values.tensor)
     if isinstance(values, LazyValues):
         return values.load()
     return np.asarray(values)

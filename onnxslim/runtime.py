@@ -137,6 +137,7 @@ def create_session(
     optimize: bool = True,
     threads: int | None = None,
     external_data_dir: Path | None = None,
+    memory_pattern: bool = True,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` for ``model`` running on ``provider``.
 
@@ -164,6 +165,7 @@ def create_session(
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    options.enable_mem_pattern = memory_pattern
     if external_data_dir is not None:
         options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, str(external_data_dir))
     try:
@@ -195,6 +197,7 @@ def open_session(
     optimize: bool = True,
     threads: int | None = None,
     tf32: bool = False,
+    memory_pattern: bool = True,
 ) -> Iterator[Any]:
     """An onnxruntime session for ``model``, whatever its size, for the length of a block.
 
@@ -203,7 +206,9 @@ def open_session(
     guards and importance scores); the model itself is not changed. Models that fit
     protobuf's 2 GiB go to onnxruntime in memory, with untouched external weights read from
     their own folder; larger ones are written with external data to a temporary folder that
-    is removed when the block ends. This is the one way passes build sessions::
+    is removed when the block ends. ``optimize``, ``threads``, ``tf32`` and
+    ``memory_pattern`` are :func:`create_session`'s. This is the one way passes build
+    sessions::
 
         with open_session(model, expose=["conv1_out"], optimize=False) as session:
             values = run(session, feeds)
@@ -211,14 +216,22 @@ def open_session(
     exposed = list(dict.fromkeys(expose))
     with contextlib.ExitStack() as cleanup:
         source, folder = _session_source(model, exposed, cleanup)
-        yield create_session(
+        session = create_session(
             source,
             provider,
             tf32=tf32,
             optimize=optimize,
             threads=threads,
             external_data_dir=folder,
+            memory_pattern=memory_pattern,
         )
+        # onnxruntime keeps the serialized model for the session's lifetime (to rebuild it on
+        # another provider after a failure); a CPU session never does, and the bytes are the
+        # size of every weight again.
+        if isinstance(source, bytes) and session.get_providers()[0] == "CPUExecutionProvider":
+            session._model_bytes = None
+        del source
+        yield session
 
 
 def _session_source(

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import collections
+import tracemalloc
 import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 from conftest import make_model, run_model, tensor_info
 from onnx import TensorProto, helper, numpy_helper
+from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnxslim.passes.quantize import Quantize
+from onnxslim.passes.quantize.graph import WeightCache, WeightConfig
+from onnxslim.passes.quantize.layers import WeightSource
 from onnxslim.passes.quantize.numerics import (
     QUANT_TYPES,
     activation_params,
     pack_int4,
+    quantization_sqnr,
+    quantize,
     unpack_int4,
     weight_params,
 )
@@ -127,6 +134,35 @@ def test_weights_are_symmetric_per_output_channel() -> None:
     assert not params.zero_point.any()
     reduced = weight_params(weights, QUANT_TYPES["int8"].reduced(), axis=None)
     assert float(reduced.scale) == pytest.approx(2 / 63)
+
+
+@pytest.mark.parametrize("axis", [0, 1, None])
+def test_a_large_weight_is_quantized_in_slices_exactly_as_a_whole(axis: int | None) -> None:
+    weights = _normal((300, 700), 0)  # 4 slices of 2**16 values
+    params = weight_params(weights, QUANT_TYPES["int8"], axis)
+    scale = params.scale if axis is None else np.expand_dims(params.scale, 1 - axis)
+    expected = np.clip(np.round(weights / scale), -128, 127).astype(np.int8)
+    quantized = quantize(weights, params)
+    np.testing.assert_array_equal(quantized, expected)
+    error = weights.astype(np.float64) - expected * scale.astype(np.float64)
+    sqnr = 10 * np.log10(np.sum(weights.astype(np.float64) ** 2) / np.sum(error**2))
+    assert quantization_sqnr(weights, quantized, params) == pytest.approx(sqnr, abs=1e-3)
+
+
+def test_quantizing_a_weight_holds_little_more_than_the_weight_and_its_integers() -> None:
+    """MiniLM's 47 MB embedding table took 120 MB more resident memory to quantize: the proto's
+    bytes and a copy of them, |w|, float quotients, a dequantized copy for the SQNR."""
+    proto = numpy_helper.from_array(_normal((2048, 1024), 0), "table")  # 8 MB
+    table = gs.Constant("table", LazyValues(proto))
+    source = WeightSource(table, (), table)
+    config = WeightConfig(QUANT_TYPES["int8"], per_channel=True)
+    tracemalloc.start()
+    try:
+        WeightCache().get(source, config, axis=1, block=None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.6 * 8 * 2**20  # the float values, their int8 copy, one slice's temporaries
 
 
 def test_int4_packing_round_trips_with_the_first_value_in_the_low_nibble() -> None:

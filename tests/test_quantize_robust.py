@@ -13,6 +13,8 @@ from conftest import make_model, run_model, tensor_info
 from onnx import TensorProto, helper, numpy_helper
 from onnxslim.passes.infer_shapes import InferShapes
 from onnxslim.passes.quantize import AlreadyQuantizedError, Quantize
+from onnxslim.passes.quantize.evaluate import OutputQuality, Quality, QualityFloor
+from onnxslim.passes.quantize.guard import keep_float_until
 from onnxslim.passes.quantize.layers import find_layers
 from onnxslim.passes.quantize.smooth import smooth, smoothing_groups
 from test_quantize import _cosine, _fused_ops, _initializers, _normal, _ops, _quantized
@@ -154,6 +156,38 @@ def test_a_dynamic_embedding_dequantizes_the_rows_it_gathers(tmp_path: Path) -> 
     assert "embedded" in {o for n in proto.graph.node for o in n.output}  # the name stays
     feeds = {"ids": ids[:8, 0]}
     assert _cosine(run_model(model, feeds)[0], run_model(proto, feeds)[0]) > 0.99
+
+
+def test_a_dynamic_embedding_takes_a_scale_per_column(tmp_path: Path) -> None:
+    """Trained embedding tables have outlier channels (MiniLM's position table: values up
+    to 1.87 in a few columns, 0.2 elsewhere): one scale per column keeps the rest, and the
+    rows read are still dequantized after the Gather (along their last axis)."""
+    table = _normal((500, 16), 0, 0.1)
+    table[:, 3] *= 40.0
+    model = make_model(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["embedded"]),
+            helper.make_node("MatMul", ["embedded", "w"], ["y"]),
+        ],
+        [tensor_info("ids", TensorProto.INT64, ["N", 4])],
+        [tensor_info("y", FLOAT, ["N", 4, 16]), tensor_info("embedded", FLOAT, ["N", 4, 16])],
+        {"table": table, "w": _normal((16, 16), 1)},
+    )
+    ids = np.random.default_rng(0).integers(0, 500, (40, 1, 4)).astype(np.int64)
+    proto, _ = _quantized(
+        model, activations="dynamic", calib=_save_calib(tmp_path, ids=ids), min_cosine=0
+    )
+
+    (gather,) = [n for n in proto.graph.node if n.op_type == "Gather"]
+    (dequantize,) = [n for n in proto.graph.node if gather.output[0] in n.input]
+    assert dequantize.op_type == "DequantizeLinear"
+    assert helper.get_attribute_value(dequantize.attribute[0]) == -1
+    assert list(_initializers(proto)[dequantize.input[1]].dims) == [16]
+    feeds = {"ids": ids[:8, 0]}
+    want, got = run_model(model, feeds)[1], run_model(proto, feeds)[1]
+    others = np.delete(np.arange(16), 3)
+    error = np.abs(got - want)[..., others].max()
+    assert error <= 0.5 * np.abs(table[:, others]).max() / 127 + 1e-7  # their own step
 
 
 def test_dynamic_gemm_keeps_alpha_beta_and_bias(tmp_path: Path) -> None:
@@ -405,6 +439,47 @@ def test_the_guard_finds_a_planted_sensitive_layer_in_few_evaluations(tmp_path: 
     guard_note = next(note for note in record.notes if note.startswith("accuracy guard"))
     assert "(1 variants evaluated)" in guard_note
     assert record.metrics["held-out cosine"] >= 0.99
+
+
+def _curve_quality(error: float) -> Quality:
+    return Quality([OutputQuality("y", 1.0 - error, 1.0 - error)], samples=8)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_guard_search_finds_the_fewest_layers_in_few_evaluations(seed: int) -> None:
+    """On any error curve that falls as layers are kept float (here: each layer's share of the
+    output error differs from its own noise by up to 4x, as real layers' gains do), the search
+    returns the smallest count that meets the floor, in fewer evaluations than bisection."""
+    rng = np.random.default_rng(seed)
+    noise = np.sort(rng.lognormal(0.0, 1.5, 40))[::-1]
+    share = noise * rng.uniform(0.25, 4.0, noise.size)
+    errors = 0.02 * np.cumsum(share[::-1])[::-1] / share.sum()  # errors[c]: c layers kept
+    floor = QualityFloor(min_cosine=1.0 - float(rng.uniform(0.15, 0.6)) * 0.02)
+    evaluated = []
+
+    def evaluate(kept: list[str]) -> Quality:
+        evaluated.append(len(kept))
+        return _curve_quality(errors[len(kept)])
+
+    ranked = [f"layer{i}" for i in range(noise.size)]
+    found = keep_float_until(ranked, evaluate, floor, _curve_quality(errors[0]), list(noise))
+    fewest = next(c for c in range(1, noise.size) if _curve_quality(errors[c]).meets(floor))
+    assert found is not None and len(found.kept) == fewest
+    assert found.evaluations == len(evaluated) <= 7
+
+
+def test_the_guard_search_without_noise_doubles_then_bisects() -> None:
+    errors = np.linspace(0.02, 0.0, 41)
+    counts = []
+
+    def evaluate(kept: list[str]) -> Quality:
+        counts.append(len(kept))
+        return _curve_quality(errors[len(kept)])
+
+    ranked = [f"layer{i}" for i in range(40)]
+    found = keep_float_until(ranked, evaluate, QualityFloor(0.995), _curve_quality(0.02))
+    assert found is not None and len(found.kept) == 30
+    assert counts == [1, 2, 4, 8, 16, 32, 24, 28, 30, 29]
 
 
 def test_a_floor_that_cannot_be_met_writes_nothing_and_exits_1(tmp_path: Path) -> None:

@@ -262,8 +262,8 @@ class HeldOut:
         results: list[dict[str, np.ndarray]] = []
         expose = [*keys, *pairs.values()]
         with (
-            open_session(reference_model, expose=expose) as float_session,
-            open_session(quantized, expose=keys) as quantized_session,
+            open_session(reference_model, expose=expose, memory_pattern=False) as float_session,
+            open_session(quantized, expose=keys, memory_pattern=False) as quantized_session,
         ):
             for feed, count in self.batches:
                 # One sample at a time: the exposed tensors of a whole batch could be large.
@@ -287,7 +287,7 @@ class HeldOut:
 
     def quality(self, model: Model) -> Quality:
         """The agreement of ``model``'s outputs with the float model's (after ``profile``)."""
-        with open_session(model) as session:
+        with open_session(model, memory_pattern=False) as session:
             results = [
                 {name: value for name, value in run(session, feed).items() if name in self.outputs}
                 for feed, _ in self.batches

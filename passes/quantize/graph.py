@@ -45,15 +45,14 @@ from onnxslim.passes.quantize.numerics import (
     QuantType,
     bias_params,
     blockwise_params,
-    dequantize,
     pack_int4,
+    quantization_sqnr,
     quantize,
     weight_params,
 )
 
 from onnxslim.model import read_constant
 from onnxslim.rewrite import STANDARD_DOMAINS, fresh_name
-from onnxslim.validate import sqnr_db
 
 __all__ = [
     "WeightConfig",
@@ -193,7 +192,7 @@ class WeightCache:
             else:
                 params = weight_params(weights, config.qtype, layout)
                 values = quantize(weights, params)
-            sqnr = sqnr_db(weights, dequantize(values, params))
+            sqnr = quantization_sqnr(weights, values, params)
             self._entries[key] = QuantizedWeight(values, params, sqnr)
         return self._entries[key]
 
@@ -230,7 +229,8 @@ class GraphBuilder:
             tensor.dims.extend(values.shape)
             tensor.raw_data = pack_int4(values)
             return gs.Constant(tensor.name, LazyValues(tensor))
-        return gs.Constant(self.name(base), np.array(values, order="C"))
+        # No copy: the cached integer weights are shared by every variant built.
+        return gs.Constant(self.name(base), np.asarray(values, order="C"))
 
     def params(self, base: str, params: QuantParams) -> list[gs.Constant]:
         """Scale and zero point constants (no zero point for int4 and signed block-wise
@@ -367,10 +367,12 @@ def insert_qdq(
 
 
 def gather_before_dequantize(graph: gs.Graph) -> int:
-    """Move the DequantizeLinear of a per-tensor quantized table after the Gathers that read
-    it: ``Gather(DQ(table), ids)`` becomes ``DQ(Gather(table, ids))``, which dequantizes the
-    rows read instead of the whole table on every run (a 30,522-row vocabulary at batch 1).
-    With one scale and zero point the two orders give the same values. The Gather's output
+    """Move the DequantizeLinear of a quantized table after the Gathers that read it:
+    ``Gather(DQ(table), ids)`` becomes ``DQ(Gather(table, ids))``, which dequantizes the rows
+    read instead of the whole table on every run (a 30,522-row vocabulary at batch 1).
+    The two orders give the same values when the table has one scale and zero point, or one
+    per column (its last axis) that the Gather does not index: the rows read keep their
+    columns last, so the moved DequantizeLinear takes them along axis -1. The Gather's output
     keeps its name, now written by the DequantizeLinear. Returns how many Gathers moved."""
     taken = set(graph.tensors())
     moved = 0
@@ -378,20 +380,19 @@ def gather_before_dequantize(graph: gs.Graph) -> int:
         if table_dq.op != "DequantizeLinear" or table_dq.domain not in STANDARD_DOMAINS:
             continue
         table, result = table_dq.inputs[0], table_dq.outputs[0]
-        parameters = table_dq.inputs[1:]
         readers = list(result.outputs)
         if (
             not isinstance(table, gs.Constant)
             or not readers
             or result in graph.outputs
             or any(
-                not isinstance(p, gs.Constant) or p.shape not in ((), [], None) for p in parameters
-            )
-            or any(
                 r.op != "Gather" or r.domain not in STANDARD_DOMAINS or r.inputs[0] is not result
                 for r in readers
             )
         ):
+            continue
+        attrs = _rows_dequantize_attrs(table_dq, readers)
+        if attrs is None:
             continue
         for gather in readers:
             rows = gather.outputs[0]
@@ -402,8 +403,8 @@ def gather_before_dequantize(graph: gs.Graph) -> int:
                 gs.Node(
                     "DequantizeLinear",
                     fresh_name(f"{rows.name}_DequantizeLinear", taken),
-                    attrs=dict(table_dq.attrs),
-                    inputs=[integers, *parameters],
+                    attrs=attrs,
+                    inputs=[integers, *table_dq.inputs[1:]],
                     outputs=[rows],
                 )
             )
@@ -413,6 +414,26 @@ def gather_before_dequantize(graph: gs.Graph) -> int:
     if moved:  # the detached DequantizeLinears go with the caller's cleanup
         graph.toposort()
     return moved
+
+
+def _rows_dequantize_attrs(table_dq: gs.Node, gathers: list[gs.Node]) -> dict | None:
+    """The attributes of a DequantizeLinear of the rows ``gathers`` read, that dequantizes
+    them as ``table_dq`` dequantizes the table; None when that order would differ."""
+    parameters = table_dq.inputs[1:]
+    if any(not isinstance(p, gs.Constant) for p in parameters):
+        return None
+    if all(p.shape in ((), [], None) for p in parameters):
+        return dict(table_dq.attrs)
+    rank = len(table_dq.inputs[0].shape)
+    axis = int(table_dq.attrs.get("axis", 1)) % rank
+    per_column = (
+        axis == rank - 1
+        and "block_size" not in table_dq.attrs
+        and all(len(p.shape) == 1 for p in parameters)
+    )
+    if not per_column or any(int(g.attrs.get("axis", 0)) % rank == axis for g in gathers):
+        return None
+    return {**table_dq.attrs, "axis": -1}
 
 
 def resolve_params(

@@ -5,14 +5,18 @@ a copy of the float model: the same op reading its quantized inputs and weights,
 original. One run of that model gives each layer's own error, the SQNR of its shadow's output
 against its float output, free of the errors accumulated before it (:func:`add_shadows`).
 
-Layers are then kept float worst first, 1, 2, 4... of them until the floor holds, and the
-count is bisected between the last miss and the first hit (:func:`keep_float_until`): about
-2·log2(L) evaluations on the held-out samples for L layers.
+Layers are then kept float worst first, as many as it takes for the floor to hold, found in
+a few evaluations on the held-out samples (:func:`keep_float_until`). The per-layer noise
+gives the first guess: the output's error is taken as proportional to the noise of the layers
+still quantized, scaled to what the all-quantized model measured. Each evaluation rescales
+that model to what it measured; once a miss and a hit bracket the count, the guesses
+interpolate between them, with bisection whenever a guess narrows the bracket too little.
+MiniLM-L6 keeping 9 of 39 layers float: 4 evaluations where doubling and bisection took 8.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,30 +121,77 @@ class GuardResult:
 
 
 def keep_float_until(
-    ranked: list[str], evaluate: Callable[[list[str]], Quality], floor: QualityFloor
+    ranked: Sequence[str],
+    evaluate: Callable[[list[str]], Quality],
+    floor: QualityFloor,
+    start: Quality,
+    noise: Sequence[float] = (),
 ) -> GuardResult | None:
     """The fewest of ``ranked`` (most sensitive first) to keep float for ``evaluate`` to meet
     ``floor``, at least one layer staying quantized; None when no such count exists.
 
-    Counts grow 1, 2, 4, ... to the first that meets the floor, then the gap to the last
-    count that missed is bisected (quality is assumed to grow with the count).
+    ``start`` is the quality with every layer quantized (a miss); ``noise`` the noise power
+    of each ranked layer's own output relative to its signal (``10 ** (-SQNR / 10)``), which
+    guides the guesses (without it: counts 1, 2, 4... then bisection). Quality is assumed to
+    grow with the count.
     """
-    tried: dict[int, Quality] = {}
-
-    def meets(count: int) -> bool:
-        tried[count] = evaluate(ranked[:count])
-        return tried[count].meets(floor)
-
     limit = len(ranked) - 1
-    low, high = 0, 1
-    while high <= limit and not meets(high):
-        low, high = high, min(high * 2, limit) if high < limit else limit + 1
-    if high > limit:
+    if limit < 1:
         return None
-    while high - low > 1:
-        middle = (low + high) // 2
-        if meets(middle):
-            high = middle
+    guide = _Guide(noise, floor) if len(noise) == len(ranked) else None
+    tried: dict[int, Quality] = {0: start}
+    low, high, width = 0, None, limit + 1
+    while high is None or high - low > 1:
+        count = guide.next(low, high, tried) if guide else None
+        if count is None or (high is not None and high - low > width / 2):
+            count = min(max(2 * low, 1), limit) if high is None else (low + high) // 2
+        width = (high if high is not None else limit + 1) - low
+        tried[count] = evaluate(list(ranked[:count]))
+        if tried[count].meets(floor):
+            high = count
+        elif count >= limit:
+            return None
         else:
-            low = middle
-    return GuardResult(ranked[:high], tried[high], len(tried))
+            low = count
+    return GuardResult(list(ranked[:high]), tried[high], len(tried) - 1)
+
+
+class _Guide:
+    """Guesses the count to keep float from the per-layer noise: the output's shortfall (its
+    error as a share of what the floor allows) is taken to be proportional to the noise of
+    the layers still quantized."""
+
+    def __init__(self, noise: Sequence[float], floor: QualityFloor) -> None:
+        total = float(sum(noise))
+        tails = np.cumsum(np.asarray(noise, np.float64)[::-1])[::-1] / total if total else None
+        # tail[c]: the share of the noise left with the c worst layers kept float.
+        self.tail = None if tails is None else [*tails.tolist(), 0.0]
+        self.allowed = None if floor.min_cosine is None else 1.0 - floor.min_cosine
+
+    def shortfall(self, quality: Quality) -> float | None:
+        """The worst output's error (1 - cosine) as a share of the floor's allowance."""
+        if not self.allowed or not any(o.cosine is not None for o in quality.outputs):
+            return None
+        return (1.0 - quality.cosine) / self.allowed
+
+    def next(self, low: int, high: int | None, tried: dict[int, Quality]) -> int | None:
+        """A count strictly between ``low`` (a miss) and ``high`` (a hit; None: none yet),
+        or None when nothing can be predicted."""
+        if self.tail is None:
+            return None
+        miss = self.shortfall(tried[low])
+        if miss is None or self.tail[low] <= 0:
+            return None
+        if high is None:
+            # Scale the model to the last miss and find where it reaches the allowance.
+            target, last = self.tail[low] / miss, len(self.tail) - 2
+        else:
+            hit = self.shortfall(tried[high])
+            spread = self.tail[low] - self.tail[high]
+            if hit is None or miss <= hit or spread <= 0:
+                return None
+            # Interpolate the shortfall linearly in the remaining noise to where it is 1.
+            target = self.tail[high] + (1.0 - hit) * spread / (miss - hit)
+            last = high - 1
+        count = next((c for c in range(low + 1, last + 1) if self.tail[c] <= target), last)
+        return count if low < count <= last else None

@@ -32,6 +32,7 @@ __all__ = [
     "WeightSource",
     "weight_source",
     "Layer",
+    "column_axis",
     "find_layers",
     "is_float_variable",
     "tied_layers",
@@ -292,6 +293,14 @@ def _layer_of(node: gs.Node, static: bool) -> Layer | None:
     if op in pools and float_inputs == [0] and len(node.outputs) == 1:
         return Layer(key, node, activations=[0])
     return None
+
+
+def column_axis(layer: Layer) -> int | None:
+    """The last axis of a Gather's table when the Gather does not index it (its columns:
+    every row read keeps them), else None."""
+    rank = len(layer.source.shape)
+    gathered = int(layer.node.attrs.get("axis", 0)) % rank
+    return rank - 1 if rank > 1 and gathered != rank - 1 else None
 
 
 def find_layers(

@@ -23,6 +23,7 @@ __all__ = [
     "CLIP_RATIOS",
     "quantize",
     "dequantize",
+    "quantization_sqnr",
     "bias_params",
     "pack_int4",
     "unpack_int4",
@@ -104,7 +105,12 @@ def weight_params(weights: np.ndarray, qtype: QuantType, axis: int | None) -> Qu
     reduce_axes = tuple(a for a in range(weights.ndim) if a != axis) if axis is not None else None
     values = np.asarray(weights)  # min, max and |x| are exact in the weights' own type
     if qtype.qmin < 0:
-        absmax = np.abs(values).max(axis=reduce_axes) if values.size else np.float64(0)
+        # max(max, -min): no temporary of |values| as large as the weight.
+        absmax = (
+            np.maximum(values.max(axis=reduce_axes), -values.min(axis=reduce_axes))
+            if values.size
+            else np.float64(0)
+        )
         absmax = np.asarray(absmax, dtype=np.float64)
         scale = _symmetric_scale(np.asarray(absmax), qtype)
         zero_point = np.zeros(scale.shape, dtype=qtype.storage)
@@ -208,18 +214,65 @@ def _expanded(values: np.ndarray, params: QuantParams, shape: tuple[int, ...]) -
 
 def quantize(values: np.ndarray, params: QuantParams) -> np.ndarray:
     """``values`` as integers (unpacked, in ``params.qtype.storage``), computed in float32 as
-    QuantizeLinear does (float64 for int32 biases, whose range float32 cannot hold exactly)."""
+    QuantizeLinear does (float64 for int32 biases, whose range float32 cannot hold exactly).
+    Large tensors go in slices along the first axis: the float temporaries of a 30,522-row
+    embedding table would otherwise take several times the table."""
+    values = np.asarray(values)
     work = np.float64 if params.qtype.qmax > 2**16 else np.float32
     scale = _expanded(params.scale.astype(work), params, values.shape)
     zero_point = _expanded(params.zero_point.astype(work), params, values.shape)
-    q = np.round(np.asarray(values, dtype=work) / scale) + zero_point
-    return np.clip(q, params.qtype.qmin, params.qtype.qmax).astype(params.qtype.storage)
+    result = np.empty(values.shape, dtype=params.qtype.storage)
+    for rows in _row_slices(values):
+        part = np.asarray(np.asarray(values[rows], dtype=work) / _rows_of(scale, rows, values))
+        np.round(part, out=part)
+        part += _rows_of(zero_point, rows, values)
+        np.clip(part, params.qtype.qmin, params.qtype.qmax, out=part)
+        result[rows] = part
+    return result
 
 
 def dequantize(q: np.ndarray, params: QuantParams) -> np.ndarray:
     scale = _expanded(params.scale.astype(np.float32), params, q.shape)
     zero_point = _expanded(params.zero_point.astype(np.float32), params, q.shape)
     return (q.astype(np.float32) - zero_point) * scale
+
+
+def quantization_sqnr(values: np.ndarray, q: np.ndarray, params: QuantParams) -> float:
+    """The SQNR in dB of ``q`` (``values`` quantized with ``params``) against ``values``,
+    dequantized a slice at a time (inf when exact, -inf for a zero tensor that is not)."""
+    scale = _expanded(params.scale.astype(np.float32), params, q.shape)
+    zero_point = _expanded(params.zero_point.astype(np.float32), params, q.shape)
+    signal = noise = 0.0
+    for rows in _row_slices(values):
+        part = np.asarray(values[rows], dtype=np.float64).ravel()
+        restored = (q[rows].astype(np.float32) - _rows_of(zero_point, rows, q)) * _rows_of(
+            scale, rows, q
+        )
+        error = part - restored.ravel()
+        noise, signal = noise + float(error @ error), signal + float(part @ part)
+    if noise == 0:
+        return float("inf")
+    return 10.0 * float(np.log10(signal / noise)) if signal else float("-inf")
+
+
+_SLICE_ELEMENTS = 1 << 16  # values per slice of a large tensor: 512 kB in float64
+
+
+def _row_slices(values: np.ndarray) -> list:
+    """Index expressions that cover ``values`` in slices of about :data:`_SLICE_ELEMENTS`
+    along the first axis (one ``...`` for a small or 0-D tensor)."""
+    shape = np.shape(values)
+    if not shape or np.size(values) <= _SLICE_ELEMENTS or shape[0] < 2:
+        return [Ellipsis]
+    step = max(1, _SLICE_ELEMENTS // (np.size(values) // shape[0] or 1))
+    return [slice(start, start + step) for start in range(0, shape[0], step)]
+
+
+def _rows_of(parameter: np.ndarray, rows, values: np.ndarray) -> np.ndarray:
+    """The part of a broadcast scale or zero point that meets ``values[rows]``."""
+    if rows is Ellipsis or parameter.ndim < np.ndim(values) or parameter.shape[0] == 1:
+        return parameter
+    return parameter[rows]
 
 
 def bias_params(input_scale: np.ndarray, weight_scale: np.ndarray) -> QuantParams:
