@@ -552,6 +552,7 @@ def _minilm_section(args, folder: Path, log, stages: list[Stage]) -> None:
         "freeze": ["*embeddings*"],
         "epochs": 2 if args.quick else args.minilm_epochs,
         "batch_size": args.minilm_batch_size,
+        "mask": args.minilm_mask,
         "lr": args.minilm_lr,
         "threads": 0,  # every core: this one is about quality, not a timing comparison
         "seed": args.seed,
@@ -714,6 +715,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--minilm-epochs", type=int, default=1)
     parser.add_argument("--minilm-batch-size", type=int, default=8)
+    parser.add_argument(
+        "--minilm-mask", default="auto", help="distill's mask for MiniLM: auto or none [auto]."
+    )
     parser.add_argument("--minilm-lr", type=float, default=1e-3)
     parser.add_argument(
         "--skip", action="append", default=[], choices=["heldout", "timing", "qat", "minilm"]
