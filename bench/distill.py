@@ -564,6 +564,9 @@ def _minilm_section(args, folder: Path, log, stages: list[Stage]) -> None:
     stages.append(
         Stage("MiniLM-L6", "pruned + distilled, native", _heldout_cosine(teacher, distilled))
     )
+    log(f"MiniLM: {stages[-1].quality:.4f} after distillation (pruned: {stages[-2].quality:.4f})")
+    if "qat" in args.skip:
+        return
     calib = data_path(MINILM, "calib")
     specs = {
         # Static QDQ: the students distillation trains (quantize's default for a transformer,
