@@ -5,7 +5,8 @@ pretrained models on meaningful data without a network:
 
 - :func:`sentences` — English sentences from the docstrings of the Python standard library,
   filtered and shuffled with a fixed seed; ``sentences(128)`` and ``sentences(256, offset=128)``
-  are disjoint (calibration and held-out);
+  are disjoint (calibration and held-out); :func:`training_sentences` continues them with the
+  docstrings of the installed packages, for training sets larger than the standard library;
 - :func:`tokenize` — the MiniLM tokenizer (``tokenizer.json`` through ``tokenizers``), padded
   to the longest sentence of the call;
 - :func:`sample_images` — scikit-learn's and scikit-image's sample photographs (RGB uint8),
@@ -41,6 +42,7 @@ __all__ = [
     "Sentence",
     "harvest_sentences",
     "sentences",
+    "training_sentences",
     "tokenize",
     "sample_images",
     "CALIBRATION_IMAGES",
@@ -101,7 +103,8 @@ def _is_prose_sentence(text: str) -> bool:
 
 
 def harvest_sentences(stdlib: Path | None = None) -> list[Sentence]:
-    """Every prose sentence of the standard library's docstrings, deduplicated, shuffled.
+    """Every prose sentence of the docstrings under ``stdlib`` (default: the standard
+    library; any folder of Python files works), deduplicated, shuffled.
 
     Files are read in sorted order and shuffled with :data:`SEED`, so the list is the same on
     every machine with the same Python version (the sentences differ between versions).
@@ -131,21 +134,62 @@ def _sentence_cache() -> Path:
     return Path(__file__).resolve().parent.parent / ".bench" / "real" / f"sentences-{version}.json"
 
 
-def sentences(n: int, offset: int = 0) -> list[Sentence]:
-    """``n`` sentences starting at ``offset`` of the harvested list (cached after the first
-    call; harvesting parses the whole standard library, about 10 s)."""
+def _harvested() -> list[Sentence]:
+    """The standard library's sentences (cached after the first call; harvesting parses the
+    whole standard library, about 10 s)."""
     cache = _sentence_cache()
     if cache.is_file():
-        harvested = [Sentence(**item) for item in json.loads(cache.read_text())]
-    else:
-        harvested = harvest_sentences()
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(".partial")
-        partial.write_text(json.dumps([s.__dict__ for s in harvested], indent=0))
-        partial.replace(cache)
+        return [Sentence(**item) for item in json.loads(cache.read_text())]
+    harvested = harvest_sentences()
+    _write_cache(cache, harvested)
+    return harvested
+
+
+def _write_cache(cache: Path, found: list[Sentence]) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".partial")
+    partial.write_text(json.dumps([s.__dict__ for s in found], indent=0))
+    partial.replace(cache)
+
+
+def sentences(n: int, offset: int = 0) -> list[Sentence]:
+    """``n`` sentences starting at ``offset`` of the standard library's list."""
+    harvested = _harvested()
     if offset + n > len(harvested):
         raise ValueError(f"only {len(harvested)} sentences were harvested, asked for {offset + n}")
     return harvested[offset : offset + n]
+
+
+def _package_sentences() -> list[Sentence]:
+    """The prose sentences of the installed packages' docstrings (the running interpreter's
+    site-packages) that are not standard-library sentences; cached like :func:`sentences`
+    (harvesting takes minutes: torch and transformers alone hold most of them)."""
+    version = ".".join(map(str, sys.version_info[:3]))
+    cache = _sentence_cache().with_name(f"package-sentences-{version}.json")
+    if cache.is_file():
+        return [Sentence(**item) for item in json.loads(cache.read_text())]
+    stdlib = {s.text.lower() for s in _harvested()}
+    harvested = harvest_sentences(Path(sysconfig.get_paths()["purelib"]))
+    found = [s for s in harvested if s.text.lower() not in stdlib]
+    _write_cache(cache, found)
+    return found
+
+
+def training_sentences(n: int, offset: int) -> list[Sentence]:
+    """``n`` sentences from ``offset`` of the standard library's list, continued by those of
+    the installed packages once it runs out: training text disjoint from the calibration and
+    held-out sentences before ``offset``."""
+    stdlib = _harvested()
+    chosen = stdlib[offset : offset + n]
+    if len(chosen) < n:
+        extra = _package_sentences()
+        if len(chosen) + len(extra) < n:
+            raise ValueError(
+                f"only {len(stdlib) - offset + len(extra)} training sentences were harvested, "
+                f"asked for {n}"
+            )
+        chosen += extra[: n - len(chosen)]
+    return chosen
 
 
 def tokenize(

@@ -32,7 +32,8 @@ class Distill(Pass):
     ``data`` is a .npz (the model's input names, optional ``labels``) or a folder of .npy;
     ``teacher`` a model path (default: the pipeline's original, untouched model). ``loss`` is
     kl (temperature-scaled, plus ``alpha`` × cross-entropy with labels), mse, cosine, or ce
-    (hard labels alone); ``outputs`` lists outputs to match (``a|b``, ``student=teacher``).
+    (hard labels alone); ``outputs`` lists outputs to match (``a|b``, ``student=teacher``);
+    ``mask`` an input that leaves padded positions out of the loss (``auto``: attention_mask).
     ``backend`` native (any onnxruntime, ``provider`` cpu or cuda) or ort-training. The
     weights of the best validation epoch are written back; the graph keeps its structure.
     """
@@ -46,6 +47,7 @@ class Distill(Pass):
     outputs: list[str] = field(default_factory=list)
     temperature: float = _DEFAULTS.temperature
     alpha: float = _DEFAULTS.alpha
+    mask: str = _DEFAULTS.mask
     epochs: int = _DEFAULTS.epochs
     batch_size: int = _DEFAULTS.batch_size
     lr: float = _DEFAULTS.lr
@@ -86,6 +88,7 @@ _OPTION_NAMES = (
     "provider",
     "temperature",
     "alpha",
+    "mask",
     "epochs",
     "batch_size",
     "lr",

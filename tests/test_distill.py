@@ -389,3 +389,15 @@ def test_intermediate_tensors_can_be_matched_and_outputs_stay(tmp_path, train_np
 def _with_output(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
     proto.graph.output.append(onnx.ValueInfoProto(name=name))
     return proto
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [
+        ("attention_mask", "mask 'attention_mask' is not an input of the student"),
+        ("image", "none of the matched outputs has 5"),
+    ],
+)
+def test_mask_that_weighs_nothing_is_refused(student_path, train_npz, mask, message):
+    with pytest.raises(DistillOptionError, match=message):
+        distill(TEACHER, student_path, train_npz, mask=mask, **FAST)

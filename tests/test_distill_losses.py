@@ -11,7 +11,13 @@ import pytest
 from conftest import run_model, tensor_info
 from onnx import TensorProto
 
-from onnxslim.distill.losses import LABELS_INPUT, build_loss, loss_model, target_name
+from onnxslim.distill.losses import (
+    LABELS_INPUT,
+    PositionMask,
+    build_loss,
+    loss_model,
+    target_name,
+)
 
 FLOAT = TensorProto.FLOAT
 RTOL, ATOL = 1e-5, 1e-6
@@ -103,4 +109,51 @@ def test_several_outputs_add_up():
     feeds = {"a": a, "b": b, target_name("a"): ta, target_name("b"): tb}
     got = float(run_model(loss_model(outputs, graph), feeds)[0])
     expected = float(((a - ta).astype(np.float64) ** 2).mean() + ((b - tb) ** 2).mean())
+    assert got == pytest.approx(expected, rel=RTOL)
+
+
+def _masked_reference(kind: str, student: np.ndarray, teacher: np.ndarray, mask: np.ndarray):
+    a, b = student.astype(np.float64), teacher.astype(np.float64)
+    if kind == "kl":
+        log_s, log_t = _log_softmax(a / 2.0), _log_softmax(b / 2.0)
+        per_position = (np.exp(log_t) * (log_t - log_s)).sum(-1) * 4.0
+    elif kind == "mse":
+        per_position = ((a - b) ** 2).mean(-1)
+    else:
+        norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+        per_position = -(a * b).sum(-1) / norms
+    value = per_position[mask == 1].mean()
+    return float(1.0 + value if kind == "cosine" else value)
+
+
+@pytest.mark.parametrize("kind", ["kl", "mse", "cosine"])
+def test_masked_loss_averages_over_the_unmasked_positions_only(kind):
+    """Positions the mask zeroes (padding) neither count in the mean nor move the loss."""
+    shape = (3, 5, 6)
+    student, teacher = _pair(shape, seed=6)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], np.int64)
+    output = tensor_info("out", FLOAT, ["N", "S", 6])
+    graph = build_loss([output], kind, opset=17, temperature=2.0, mask=PositionMask("m", 2))
+    model = loss_model([output], graph, [tensor_info("m", TensorProto.INT64, ["N", "S"])])
+    onnx.checker.check_model(model, full_check=True)
+    feeds = {"out": student, target_name("out"): teacher, "m": mask}
+    got = float(run_model(model, feeds)[0])
+    assert got == pytest.approx(_masked_reference(kind, student, teacher, mask), rel=RTOL)
+    noisy = student.copy()
+    noisy[mask == 0] += 5.0
+    assert float(run_model(model, {**feeds, "out": noisy})[0]) == pytest.approx(got, rel=RTOL)
+
+
+def test_mask_leaves_outputs_without_positions_as_they_were():
+    """A pooled output ([N, features]) is averaged over the batch as without a mask."""
+    outputs = [tensor_info("pooled", FLOAT, ["N", 4]), tensor_info("tokens", FLOAT, ["N", "S", 4])]
+    mask = PositionMask("m", 2)
+    graph = build_loss(outputs, "mse", opset=17, mask=mask)
+    model = loss_model(outputs, graph, [tensor_info("m", TensorProto.INT64, ["N", "S"])])
+    a, ta = _pair((2, 4), seed=7)
+    b, tb = _pair((2, 3, 4), seed=8)
+    m = np.array([[1, 1, 0], [1, 0, 0]], np.int64)
+    feeds = {"pooled": a, "tokens": b, target_name("pooled"): ta, target_name("tokens"): tb}
+    got = float(run_model(model, {**feeds, "m": m})[0])
+    expected = float(((a - ta).astype(np.float64) ** 2).mean()) + _masked_reference("mse", b, tb, m)
     assert got == pytest.approx(expected, rel=RTOL)

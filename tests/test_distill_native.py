@@ -19,8 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 from test_distill import mlp_student
 
 from onnxslim import optimize
+from onnxslim.distill import distill
 from onnxslim.distill.autodiff import build_backward
-from onnxslim.distill.losses import LABELS_INPUT, build_loss, target_name
+from onnxslim.distill.losses import LABELS_INPUT, PositionMask, build_loss, target_name
 from onnxslim.distill.native import NativeBackend
 from onnxslim.distill.optimizers import (
     LR_INPUT,
@@ -253,6 +254,44 @@ def test_transformer_layer_gradients_match_finite_differences():
     assert max(errors.values()) <= 1e-4
 
 
+def _token_encoder(seed: int) -> onnx.ModelProto:
+    """The encoder layer with a transformer export's input names and its hidden states out."""
+    proto = _encoder_layer(np.random.default_rng(seed))
+    for node in proto.graph.node:
+        node.input[:] = ["attention_mask" if name == "mask" else name for name in node.input]
+    proto.graph.input[1].name = "attention_mask"
+    proto.graph.output.append(helper.make_tensor_value_info("hidden", FLOAT, ["N", "S", 8]))
+    return proto
+
+
+@pytest.mark.parametrize(("mask", "masked"), [("auto", True), ("none", False)])
+def test_attention_mask_leaves_padding_out_of_token_losses(tmp_path, mask, masked):
+    """mask=auto finds the ``attention_mask`` input and weighs the token outputs with it;
+    the pooled output and mask=none average over every position."""
+    rng = np.random.default_rng(3)
+    ids = rng.integers(1, 11, (24, 4)).astype(np.int64)
+    attention = (np.arange(4) < rng.integers(1, 5, (24, 1))).astype(np.int64)
+    ids[attention == 0] = 0
+    data = {"ids": ids, "attention_mask": attention}
+    report = distill(
+        _token_encoder(0),
+        _token_encoder(1),
+        data,
+        tmp_path / "tuned.onnx",
+        loss="cosine",
+        outputs=["embedding", "hidden"],
+        mask=mask,
+        epochs=1,
+        batch_size=8,
+        threads=1,
+        progress=False,
+    )
+    notes = [n for n in report.notes if "masks" in n]
+    assert notes == (
+        ["the loss leaves out the positions 'attention_mask' masks, in hidden"] if masked else []
+    )
+
+
 @pytest.mark.parametrize(
     ("kind", "options"),
     [
@@ -278,6 +317,37 @@ def test_loss_gradients_match_finite_differences(kind, options):
 
     def build(dtype, rng):
         return Case(loss.nodes, inputs, ["out"], [loss.output], constants=constants)
+
+    assert max(check_gradients(build).values()) <= 1e-4
+
+
+@pytest.mark.parametrize("kind", ["kl", "mse", "cosine"])
+def test_masked_loss_gradients_match_finite_differences(kind):
+    output = helper.make_tensor_value_info("out", FLOAT, ["N", "S", 5])
+    loss = build_loss([output], kind, opset=17, mask=PositionMask("m", 2))
+    rng = np.random.default_rng(2)
+    inputs = {
+        "out": rng.standard_normal((2, 3, 5)) * 2,
+        target_name("out"): rng.standard_normal((2, 3, 5)) * 2,
+        "m": np.array([[1, 1, 0], [1, 0, 0]], np.int64),
+    }
+    constants = {
+        t.name: numpy_helper.to_array(t).astype(np.float64)
+        if t.data_type == FLOAT
+        else numpy_helper.to_array(t)
+        for t in loss.initializers
+    }
+
+    def build(dtype, rng):
+        # the mask's Cast follows the precision checked (float64 against finite differences)
+        to = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        nodes = [
+            helper.make_node("Cast", list(n.input), list(n.output), to=to)
+            if n.op_type == "Cast"
+            else n
+            for n in loss.nodes
+        ]
+        return Case(nodes, inputs, ["out"], [loss.output], constants=constants)
 
     assert max(check_gradients(build).values()) <= 1e-4
 

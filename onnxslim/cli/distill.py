@@ -54,6 +54,14 @@ def distill(
     alpha: Annotated[
         float, typer.Option("--alpha", help="Weight of cross-entropy with labels (kl).")
     ] = _DEFAULTS.alpha,
+    mask: Annotated[
+        str,
+        typer.Option(
+            "--mask",
+            help="Input that masks padded positions out of the loss: a name, auto "
+            "(attention_mask if there is one) or none.",
+        ),
+    ] = _DEFAULTS.mask,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = _DEFAULTS.epochs,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = _DEFAULTS.batch_size,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = _DEFAULTS.lr,
@@ -108,6 +116,7 @@ def distill(
             outputs=tuple(outputs),
             temperature=temperature,
             alpha=alpha,
+            mask=mask,
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,

@@ -40,7 +40,14 @@ from onnxslim.distill.errors import (
     OutputMismatchError,
     QuantizedStudentError,
 )
-from onnxslim.distill.losses import CROSS_ENTROPY_OPSET, LOSS_KINDS, LossGraph, LossKind, build_loss
+from onnxslim.distill.losses import (
+    CROSS_ENTROPY_OPSET,
+    LOSS_KINDS,
+    LossGraph,
+    LossKind,
+    PositionMask,
+    build_loss,
+)
 from onnxslim.distill.metrics import mean_cosine, metric_name, top1
 from onnxslim.distill.native import NativeBackend
 from onnxslim.distill.optimizers import OPTIMIZERS, OptimizerKind, OptimizerSettings
@@ -72,6 +79,8 @@ DataSource = str | os.PathLike | Mapping[str, np.ndarray]
 BackendKind = Literal["native", "ort-training"]
 BACKENDS: tuple[str, ...] = ("native", "ort-training")
 _QUANTIZE_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+# The input that mask=auto uses: the name transformer exports give the padding mask.
+_AUTO_MASK = "attention_mask"
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,10 @@ class DistillOptions:
     ``outputs`` names student outputs to match (``name`` or ``student=teacher`` when the names
     differ; default: every float output). ``alpha`` weighs the hard-label cross-entropy that
     ``kl`` adds when the data has ``labels``; ``ce`` trains on the labels alone (the baseline).
+    ``mask`` names a student input (``[batch, positions]``, 0 for padding) that weighs the
+    positions of matched outputs shaped ``[batch, positions, features]`` in the loss;
+    ``auto`` uses an ``attention_mask`` input where the student has one, ``none`` weighs
+    every position alike.
     ``freeze`` holds shell-style patterns of initializer names to keep. The learning rate
     rises linearly over the first ``warmup`` share of the steps, then follows ``schedule``.
     ``val_split`` of the samples score each epoch (top-1 for ``kl`` and ``ce``, cosine
@@ -93,6 +106,7 @@ class DistillOptions:
     outputs: Sequence[str] = ()
     temperature: float = 4.0
     alpha: float = 0.5
+    mask: str = "auto"
     epochs: int = 30
     batch_size: int = 64
     lr: float = 3e-3
@@ -123,6 +137,7 @@ class DistillOptions:
                 "the ort-training backend trains on the cpu only; use backend=native for cuda",
             ),
             (self.temperature > 0, "temperature must be positive"),
+            (bool(self.mask), "mask must name a student input, or be auto or none"),
             (self.alpha >= 0, "alpha must be zero or positive"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
@@ -315,6 +330,36 @@ def _expose(proto: onnx.ModelProto, values: Sequence[onnx.ValueInfoProto]) -> No
     proto.graph.output.extend(v for v in values if v.name not in present)
 
 
+def _position_mask(
+    proto: onnx.ModelProto, matched: Sequence[onnx.ValueInfoProto], option: str
+) -> tuple[PositionMask | None, list[str]]:
+    """The mask ``option`` names (``auto``: an ``attention_mask`` input, if any) and a note
+    saying which outputs it weighs."""
+    if option == "none":
+        return None, []
+    inputs = {value.name: value for value in proto.graph.input}
+    name = _AUTO_MASK if option == "auto" else option
+    if name not in inputs:
+        if option == "auto":
+            return None, []
+        raise DistillOptionError(
+            f"distill: mask '{name}' is not an input of the student (its inputs: "
+            f"{', '.join(inputs)})"
+        )
+    mask = PositionMask(name, len(inputs[name].type.tensor_type.shape.dim))
+    weighed = [value.name for value in matched if mask.applies_to(value)]
+    if not weighed:
+        if option == "auto":
+            return None, []
+        raise DistillOptionError(
+            f"distill: mask '{name}' {_shape_text(inputs[name])} weighs outputs with one more "
+            f"axis (the features); none of the matched outputs has {mask.rank + 1}: "
+            f"{', '.join(f'{v.name} {_shape_text(v)}' for v in matched)}"
+        )
+    shown = ", ".join(weighed[:3]) + (" ..." if len(weighed) > 3 else "")
+    return mask, [f"the loss leaves out the positions '{name}' masks, in {shown}"]
+
+
 def _check_labels(data: TrainingData, first: onnx.ValueInfoProto) -> None:
     expected = _dims(first)[1:-1]
     shape = list(data.labels.shape[1:])
@@ -470,6 +515,12 @@ def distill_model(
     train_indices, val_indices = _split(len(data), options.val_split, options.seed)
     choose = ort_training_parameters if options.backend == "ort-training" else native_parameters
     parameters = choose(prepared.student, options.freeze)
+    mask, mask_notes = (None, [])
+    if options.loss != "ce":
+        mask, mask_notes = _position_mask(
+            prepared.student, [value for value, _ in pairs], options.mask
+        )
+    notes += mask_notes
     loss = build_loss(
         [value for value, _ in pairs],
         options.loss,
@@ -477,6 +528,7 @@ def distill_model(
         temperature=options.temperature,
         alpha=options.alpha,
         labels=use_labels,
+        mask=mask,
     )
     if not use_labels:
         data = TrainingData(data.inputs, None)
