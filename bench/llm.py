@@ -23,7 +23,7 @@ weights have no language to test): logits cosine with fp32 (mean over sequences)
 token agreement, file size, prefill latency (batch 1, ``--tokens`` tokens and an empty
 cache, median), per-token decode latency (one token after those, with the variant's own
 cache), the quantizer's wall time and peak RSS (GNU time). onnxruntime runs with
-``--threads`` threads. Each run replaces its models' rows in ``llm.json``.
+``--threads`` threads. Each run replaces the rows it measured in ``llm.json``.
 """
 
 from __future__ import annotations
@@ -367,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     record = args.out / "llm.json"
     kept = json.loads(record.read_text()) if record.exists() else []
     results = [row for name in args.models for row in measure(name, args)]
-    kept = [row for row in kept if row["model"] not in args.models]
+    ran = {(row["model"], row["variant"]) for row in results}
+    kept = [row for row in kept if (row["model"], row["variant"]) not in ran]
     record.write_text(json.dumps(kept + results, indent=2) + "\n")
     print(_table(results))
     return 0

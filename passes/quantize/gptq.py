@@ -30,8 +30,11 @@ from onnxslim.runtime import open_session, run
 __all__ = ["hessians", "gptq", "DAMPING"]
 
 # Added to H's diagonal, as a fraction of its mean: keeps the inverse stable where inputs are
-# nearly collinear (the paper's 1%).
-DAMPING = 0.01
+# nearly collinear. The paper's 1% assumes 128 x 2048 calibration tokens; with a few thousand
+# (fewer than a wide layer has inputs) H is nearly singular and GPTQ fits the calibration
+# set: on the Llama-style bench decoder, 1% made int4 worse than no calibration (held-out
+# cosine 0.934 vs 0.940) and 10% better than both (0.946).
+DAMPING = 0.1
 # Rows whose errors are moved onto the rest in one matrix product (the paper's lazy batches).
 _LAZY_ROWS = 128
 _BATCH = 8
