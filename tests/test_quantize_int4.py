@@ -117,6 +117,16 @@ def test_zero_points_spread_each_block_range_over_all_sixteen_levels() -> None:
     assert np.abs(dequantize(quantize(weights, symmetric), symmetric) - weights).max() > 0.05
 
 
+def test_unsigned_blocks_always_take_a_zero_point() -> None:
+    """uint8 has no negative levels: its blocks are asymmetric even without zero_points
+    ([-1, 1.55] in 255 steps of 0.01, zero on 100)."""
+    weights = np.array([[-1.0], [0.0], [0.5], [1.55]], dtype=np.float32)
+    params = blockwise_params(weights, QUANT_TYPES["uint8"], axis=0, block_size=4)
+    np.testing.assert_allclose(params.scale, [[0.01]], rtol=1e-6)
+    np.testing.assert_array_equal(params.zero_point, [[100]])
+    np.testing.assert_allclose(dequantize(quantize(weights, params), params), weights, atol=1e-6)
+
+
 # ------------------------------------------------------------------ better than nearest
 
 
