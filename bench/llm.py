@@ -1,16 +1,18 @@
 """Weight-only quantization of decoder LLMs, ours against onnxruntime's, side by side.
 
-    .venv/bin/python bench/llm.py --out .bench/llm [--models gpt2 llama]
+    .venv/bin/python bench/llm.py --out .bench/llm [--models gpt2 llama gpt2-large]
 
-For each decoder (exported by ``bench/export_models.py`` with the export environment's
-Python, ``--export-python``): GPT-2 small (124M parameters) and a Llama-style decoder (12
-layers of width 768, 12 query heads sharing 4 key/value heads, RMSNorm, rotary embedding),
-both with **random weights** made to look trained (no pretrained decoder installs offline
-here), the variants
+For each decoder (exported with a key/value cache by ``bench/export_decoders.py`` with the
+export environment's Python, ``--export-python``): GPT-2 small (124M parameters), a
+Llama-style decoder (12 layers of width 768, 12 query heads sharing 4 key/value heads,
+RMSNorm, rotary embedding) and GPT-2-large (774M, 3.1 GB with external data), all with
+**random weights** made to look trained (no pretrained decoder installs offline here), the
+variants
 
 * fp32: the export;
 * ours int4 (data-free): ``onnxslim quantize --weights int4`` (clipping searched per block);
 * ours int4 (calibrated): the same with ``--calib`` (GPTQ);
+* ours int4 zp: both again with ``--zero-points`` (asymmetric blocks);
 * ours int8 weight-only: ``--weights int8 --blockwise`` (MatMulNBits with 8 bits);
 * ORT RTN / HQQ / GPTQ: onnxruntime's ``MatMulNBitsQuantizer`` (4 bits, symmetric), each
   where it runs;
@@ -18,8 +20,10 @@ here), the variants
 
 all with block size 32, are measured on held-out token sequences (random ids: random
 weights have no language to test): logits cosine with fp32 (mean over sequences), top-1
-token agreement, file size, prefill latency (batch 1, ``--tokens`` tokens, median), the
-quantizer's wall time and peak RSS (GNU time). onnxruntime runs with ``--threads`` threads.
+token agreement, file size, prefill latency (batch 1, ``--tokens`` tokens and an empty
+cache, median), per-token decode latency (one token after those, with the variant's own
+cache), the quantizer's wall time and peak RSS (GNU time). onnxruntime runs with
+``--threads`` threads. Each run replaces the rows it measured in ``llm.json``.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import onnxruntime as ort
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 EXPORT_PYTHON = Path("/work/main/.venv-export/bin/python")
-MODELS = ("gpt2", "llama")
+MODELS = ("gpt2", "llama", "gpt2-large")
 BLOCK = 32
 
 # onnxruntime's quantizers, run with the export environment's Python (they need onnx_ir).
@@ -73,7 +77,8 @@ quantizer = nbits.MatMulNBitsQuantizer(
     onnx.load(source), block_size=block, is_symmetric=True, algo_config=config
 )
 quantizer.process()
-quantizer.model.save_model_to_file(target, use_external_data_format=False)
+large = sum(t.ByteSize() for t in quantizer.model.model.graph.initializer) > 2**31 - 2**20
+quantizer.model.save_model_to_file(target, use_external_data_format=large)
 """
 
 
@@ -91,6 +96,26 @@ def _variants(source: Path, out: Path, calib: Path, export_python: Path) -> dict
             str(out / f"{name}.int4-calib.onnx"),
             "--weights",
             "int4",
+            "--calib",
+            str(calib),
+        ]
+        + floor,
+        "ours int4 zp data-free": [
+            *ours,
+            "-o",
+            str(out / f"{name}.int4-zp.onnx"),
+            "--weights",
+            "int4",
+            "--zero-points",
+        ]
+        + floor,
+        "ours int4 zp calibrated": [
+            *ours,
+            "-o",
+            str(out / f"{name}.int4-zp-calib.onnx"),
+            "--weights",
+            "int4",
+            "--zero-points",
             "--calib",
             str(calib),
         ]
@@ -153,7 +178,7 @@ def _logits(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -
     return [session.run(["logits"], feed)[0] for feed in feeds]
 
 
-def _latency(session: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int) -> float:
+def _median_ms(session: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int) -> float:
     for _ in range(2):
         session.run(["logits"], feed)
     times = []
@@ -164,16 +189,42 @@ def _latency(session: ort.InferenceSession, feed: dict[str, np.ndarray], runs: i
     return statistics.median(times) * 1000
 
 
+def _next_token(session: ort.InferenceSession, prompt: dict[str, np.ndarray]) -> dict:
+    """The feed that decodes one token after ``prompt``, with the cache ``session`` wrote."""
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(None, prompt), strict=True))
+    length = prompt["input_ids"].shape[1]
+    feed = {
+        "input_ids": outputs["logits"][:, -1:].argmax(-1).astype(np.int64),
+        "attention_mask": np.ones((1, length + 1), np.int64),
+        "position_ids": np.array([[length]], np.int64),
+    }
+    for name, value in outputs.items():
+        if name.startswith("present."):
+            feed[name.replace("present.", "past_key_values.", 1)] = value
+    return feed
+
+
 def _size(path: Path) -> float:
     return sum(f.stat().st_size for f in path.parent.glob(path.name + "*")) / 2**20
 
 
-def _feeds(vocab: int, count: int, tokens: int, seed: int) -> list[dict[str, np.ndarray]]:
+def _feeds(
+    session: ort.InferenceSession, vocab: int, count: int, tokens: int, seed: int
+) -> list[dict[str, np.ndarray]]:
+    """Prompts of ``tokens`` random ids with an empty cache, one sequence each."""
     rng = np.random.default_rng(seed)
+    empty = {
+        i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+        for i in session.get_inputs()
+        if i.name.startswith("past_key_values.")
+    }
     return [
         {
             "input_ids": rng.integers(0, vocab, (1, tokens), dtype=np.int64),
             "attention_mask": np.ones((1, tokens), np.int64),
+            "position_ids": np.arange(tokens, dtype=np.int64)[None],
+            **empty,
         }
         for _ in range(count)
     ]
@@ -181,11 +232,13 @@ def _feeds(vocab: int, count: int, tokens: int, seed: int) -> list[dict[str, np.
 
 def _export(name: str, out: Path, export_python: Path) -> Path:
     """The export, its Gemms (GPT-2's Conv1D) rewritten as MatMul + Add: onnxruntime's
-    MatMulNBitsQuantizer quantizes MatMul only, and both quantizers must see the same layers."""
-    path = out / f"{name}.onnx"
+    MatMulNBitsQuantizer quantizes MatMul only, and both quantizers must see the same layers.
+    Over 2 GiB, the weights go to one external data file next to the model."""
+    raw = out / "raw"
+    path = raw / f"{name}.onnx"
     if not path.exists():
         subprocess.run(
-            [str(export_python), str(HERE / "export_models.py"), name, "--out", str(out)],
+            [str(export_python), str(HERE / "export_decoders.py"), name, "--out", str(raw)],
             check=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
@@ -193,7 +246,14 @@ def _export(name: str, out: Path, export_python: Path) -> Path:
     if not source.exists():
         model = onnx.load(str(path))
         _gemm_to_matmul(model.graph)
-        onnx.save(model, str(source))
+        large = sum(t.ByteSize() for t in model.graph.initializer) > 2**31 - 2**20
+        onnx.save(
+            model,
+            str(source),
+            save_as_external_data=large,
+            location=f"{source.name}.data",
+            all_tensors_to_one_file=True,
+        )
     return source
 
 
@@ -225,12 +285,14 @@ def _gemm_to_matmul(graph: onnx.GraphProto) -> None:
 def measure(name: str, args: argparse.Namespace) -> list[dict]:
     out = args.out
     source = _export(name, out, args.export_python)
-    vocab = json.loads((out / f"{name}.json").read_text())["inputs"][0]["high"]
+    vocab = json.loads((out / "raw" / f"{name}.json").read_text())["inputs"][0]["high"]
     calib = out / f"{source.stem}.calib.npz"
-    rows = _feeds(vocab, args.calib, args.calib_tokens, seed=1)
+    fp32 = _session(source, args.threads)
+    rows = _feeds(fp32, vocab, args.calib, args.calib_tokens, seed=1)
     np.savez(calib, **{k: np.concatenate([r[k] for r in rows]) for k in rows[0]})
-    held_out = _feeds(vocab, args.heldout, args.tokens, seed=2)
-    reference = _logits(_session(source, args.threads), held_out)
+    held_out = _feeds(fp32, vocab, args.heldout, args.tokens, seed=2)
+    reference = _logits(fp32, held_out)
+    del fp32
     results = []
 
     def record(variant: str, path: Path, seconds: float, rss: float, error: str) -> None:
@@ -253,7 +315,8 @@ def measure(name: str, args: argparse.Namespace) -> list[dict]:
             "cosine": float(np.mean(cosines)),
             "top1": float(agree),
             "size_mb": _size(path),
-            "prefill_ms": _latency(session, held_out[0], args.runs),
+            "prefill_ms": _median_ms(session, held_out[0], args.runs),
+            "decode_ms": _median_ms(session, _next_token(session, held_out[0]), args.runs * 5),
         }
         results.append(row)
         print(json.dumps(row), file=sys.stderr)
@@ -269,16 +332,18 @@ def measure(name: str, args: argparse.Namespace) -> list[dict]:
 
 def _table(results: list[dict]) -> str:
     lines = [
-        "| model | variant | cosine | top-1 | MB | prefill ms | quantize s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | variant | cosine | top-1 | MB | prefill ms | decode ms | quantize s "
+        "| peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['variant']} | failed: {r['error'][:60]} |||||")
+            lines.append(f"| {r['model']} | {r['variant']} | failed: {r['error'][:60]} ||||||")
             continue
         lines.append(
             f"| {r['model']} | {r['variant']} | {r['cosine']:.4f} | {r['top1']:.3f} | "
-            f"{r['size_mb']:.0f} | {r['prefill_ms']:.0f} | {r['seconds']:.1f} | "
+            f"{r['size_mb']:.0f} | {r['prefill_ms']:.0f} | {r['decode_ms']:.1f} | "
+            f"{r['seconds']:.1f} | "
             f"{r['rss_mb']:.0f} |"
         )
     return "\n".join(lines)
@@ -299,8 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds per quantizer")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    record = args.out / "llm.json"
+    kept = json.loads(record.read_text()) if record.exists() else []
     results = [row for name in args.models for row in measure(name, args)]
-    (args.out / "llm.json").write_text(json.dumps(results, indent=2) + "\n")
+    ran = {(row["model"], row["variant"]) for row in results}
+    kept = [row for row in kept if (row["model"], row["variant"]) not in ran]
+    record.write_text(json.dumps(kept + results, indent=2) + "\n")
     print(_table(results))
     return 0
 

@@ -45,6 +45,19 @@ def _output_error(inputs: np.ndarray, weights: np.ndarray, approx: np.ndarray) -
     return float(np.square(inputs @ (weights - approx)).mean())
 
 
+def _rounded(weights: np.ndarray, **options) -> np.ndarray:
+    """``weights`` through int4 blocks of 32 along the rows, dequantized."""
+    params = blockwise_params(weights, INT4, axis=0, block_size=32, **options)
+    return dequantize(quantize(weights, params), params)
+
+
+def _gptq_case(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ's ``H`` from correlated calibration inputs, and held-out inputs like them."""
+    inputs = _correlated_inputs(weights.shape[0])
+    hessian = inputs.T.astype(np.float64) @ inputs / len(inputs)
+    return hessian, _correlated_inputs(weights.shape[0], tokens=512, seed=5)
+
+
 # ------------------------------------------------------------------------------ grid math
 
 
@@ -86,34 +99,87 @@ def test_a_short_last_block_is_padded_and_zero_blocks_get_scale_one() -> None:
     np.testing.assert_allclose(params.scale, [[1.0, 1.0], [1.0, -0.05]], rtol=1e-6)
 
 
+def test_zero_points_spread_each_block_range_over_all_sixteen_levels() -> None:
+    """[-0.3, 1.2]: scale 1.5 / 15 = 0.1, zero point -8 + 3 = -5; an all-positive block
+    [0, 1.5] puts 0 on -8. Both are represented exactly, where the symmetric grid's step
+    would be 1.5 / 8."""
+    weights = np.array(
+        [[-0.3, 0.3], [0.2, 0.6], [1.2, 1.5], [0.6, 0.0]],
+        dtype=np.float32,
+    )
+    params = blockwise_params(weights, INT4, axis=0, block_size=4, zero_points=True)
+    np.testing.assert_allclose(params.scale, [[0.1, 0.1]], rtol=1e-6)
+    np.testing.assert_array_equal(params.zero_point, [[-5, -8]])
+    q = quantize(weights, params)
+    np.testing.assert_array_equal(q, [[-8, -5], [-3, -2], [7, 7], [1, -8]])
+    np.testing.assert_allclose(dequantize(q, params), weights, atol=1e-6)
+    symmetric = blockwise_params(weights, INT4, axis=0, block_size=4)
+    assert np.abs(dequantize(quantize(weights, symmetric), symmetric) - weights).max() > 0.05
+
+
+def test_unsigned_blocks_always_take_a_zero_point() -> None:
+    """uint8 has no negative levels: its blocks are asymmetric even without zero_points
+    ([-1, 1.55] in 255 steps of 0.01, zero on 100)."""
+    weights = np.array([[-1.0], [0.0], [0.5], [1.55]], dtype=np.float32)
+    params = blockwise_params(weights, QUANT_TYPES["uint8"], axis=0, block_size=4)
+    np.testing.assert_allclose(params.scale, [[0.01]], rtol=1e-6)
+    np.testing.assert_array_equal(params.zero_point, [[100]])
+    np.testing.assert_allclose(dequantize(quantize(weights, params), params), weights, atol=1e-6)
+
+
 # ------------------------------------------------------------------ better than nearest
 
 
 def test_the_clipping_search_reduces_the_layer_output_error_of_nearest() -> None:
     weights = _planted_weight()
     inputs = _normal((512, weights.shape[0]), 5)
-    errors = {}
-    for search in (False, True):
-        params = blockwise_params(weights, INT4, axis=0, block_size=32, search=search)
-        approx = dequantize(quantize(weights, params), params)
-        errors[search] = _output_error(inputs, weights, approx)
+    errors = {s: _output_error(inputs, weights, _rounded(weights, search=s)) for s in (0, 1)}
     assert errors[True] < 0.95 * errors[False]
 
 
 def test_gptq_reduces_the_layer_output_error_below_nearest_and_the_search() -> None:
     weights = _planted_weight()
-    inputs = _correlated_inputs(weights.shape[0])
-    hessian = inputs.T.astype(np.float64) @ inputs / len(inputs)
-    held_out = _correlated_inputs(weights.shape[0], tokens=512, seed=5)
+    hessian, held_out = _gptq_case(weights)
 
     def error(search: bool) -> float:
-        params = blockwise_params(weights, INT4, axis=0, block_size=32, search=search)
-        return _output_error(held_out, weights, dequantize(quantize(weights, params), params))
+        return _output_error(held_out, weights, _rounded(weights, search=search))
 
     q, params = gptq(weights, hessian, INT4, 32)
     assert q.dtype == np.int8 and q.min() >= -8 and q.max() <= 7
     compensated = _output_error(held_out, weights, dequantize(q, params))
     assert compensated < 0.5 * error(True) < 0.5 * error(False)
+
+
+def _skewed_weight(rows: int = 128, columns: int = 64) -> np.ndarray:
+    """Lopsided weights (a gamma distribution, shifted): long tails on the positive side
+    only, so a symmetric grid leaves most of its negative levels unused."""
+    values = np.random.default_rng(6).gamma(1.5, size=(rows, columns)) - 1.0
+    return values.astype(np.float32)
+
+
+@pytest.mark.parametrize("search", [False, True])
+def test_zero_points_reduce_the_layer_output_error_on_lopsided_weights(search: bool) -> None:
+    weights = _skewed_weight()
+    inputs = _normal((512, weights.shape[0]), 5)
+    errors = {
+        zero_points: _output_error(
+            inputs, weights, _rounded(weights, search=search, zero_points=zero_points)
+        )
+        for zero_points in (False, True)
+    }
+    assert errors[True] < 0.8 * errors[False]
+
+
+def test_gptq_with_zero_points_reduces_the_layer_output_error_further() -> None:
+    weights = _skewed_weight()
+    hessian, held_out = _gptq_case(weights)
+    errors = {}
+    for zero_points in (False, True):
+        q, params = gptq(weights, hessian, INT4, 32, zero_points=zero_points)
+        assert q.min() >= -8 and q.max() <= 7
+        errors[zero_points] = _output_error(held_out, weights, dequantize(q, params))
+    assert bool(params.zero_point.any())
+    assert errors[True] < 0.8 * errors[False]
 
 
 # ------------------------------------------------------------------------ in the graph
@@ -152,6 +218,43 @@ def test_int4_without_calibration_data_searches_clipping_by_default() -> None:
 def test_searched_and_compensated_int4_still_fuse_into_matmulnbits(tmp_path, rounding) -> None:
     proto, _ = _quantized(_linear(), weights="int4", rounding=rounding)
     assert _fused_ops(proto, tmp_path) == {"MatMulNBits": 1}
+
+
+@pytest.mark.parametrize("rounding", ["mse", "gptq"])
+def test_int4_with_zero_points_fuses_into_matmulnbits_and_computes_the_same(
+    tmp_path, rounding
+) -> None:
+    """The zero points reach MatMulNBits: its error is the unfused DequantizeLinear +
+    MatMul's (up to the int8 activations of its accuracy level 4), and below the symmetric
+    grid's on lopsided weights."""
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [tensor_info("x", FLOAT, ["N", 128])],
+        [tensor_info("y", FLOAT, ["N", 64])],
+        {"w": _skewed_weight()},
+    )
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=_correlated_inputs(128, tokens=96))
+    options = {"weights": "int4", "rounding": rounding, "calib": calib}
+    proto, _ = _quantized(model, zero_points=True, **options)
+    dq = next(n for n in proto.graph.node if n.op_type == "DequantizeLinear")
+    assert len(dq.input) == 3  # weights, scale, zero point
+    assert _fused_ops(proto, tmp_path) == {"MatMulNBits": 1}
+    feeds = {"x": _correlated_inputs(128, tokens=256, seed=5)}
+    reference = run_model(model, feeds)[0]
+
+    def error(proto: onnx.ModelProto, fused: bool = True) -> float:
+        output = run_model(proto, feeds, ort_optimizations=fused)[0]
+        return float(np.square(output - reference).mean())
+
+    assert error(proto) == pytest.approx(error(proto, fused=False), rel=0.1)
+    symmetric, _ = _quantized(model, **options)
+    assert error(proto) < 0.8 * error(symmetric)
+
+
+def test_zero_points_need_block_wise_weights() -> None:
+    with pytest.raises(PipelineSpecError, match="block-wise"):
+        Quantize(weights="int8", zero_points=True)
 
 
 def test_blockwise_int8_is_weight_only_and_fuses_into_8_bit_matmulnbits(tmp_path) -> None:

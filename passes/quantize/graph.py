@@ -83,7 +83,8 @@ class WeightConfig:
     ``blockwise``: int8/uint8 MatMul weights block-wise too (weight-only: onnxruntime fuses
     them into MatMulNBits with 8 bits); int4 is always block-wise. ``rounding``: how
     block-wise weights are rounded (``nearest``, ``mse``: the clipping search of
-    ``numerics.block_scales``; ``gptq``: error compensation, see ``gptq``).
+    ``numerics.block_params``; ``gptq``: error compensation, see ``gptq``). ``zero_points``:
+    block-wise weights asymmetric, with a zero point per block.
     """
 
     qtype: QuantType
@@ -91,6 +92,7 @@ class WeightConfig:
     block_size: int = 32
     blockwise: bool = False
     rounding: str = "nearest"
+    zero_points: bool = False
 
 
 def _sole_relu(tensor: gs.Tensor, graph_outputs: set[int]) -> gs.Node | None:
@@ -201,9 +203,17 @@ class WeightCache:
     ) -> tuple[np.ndarray, QuantParams]:
         hessian = self.hessians.get(source.key)
         if config.rounding == "gptq" and hessian is not None and weights.ndim == 2 and block == 0:
-            return gptq(weights, hessian, config.qtype, config.block_size)
-        search = config.rounding != "nearest"
-        params = blockwise_params(weights, config.qtype, block, config.block_size, search=search)
+            return gptq(
+                weights, hessian, config.qtype, config.block_size, zero_points=config.zero_points
+            )
+        params = blockwise_params(
+            weights,
+            config.qtype,
+            block,
+            config.block_size,
+            search=config.rounding != "nearest",
+            zero_points=config.zero_points,
+        )
         return quantize(weights, params), params
 
 
@@ -233,13 +243,15 @@ class GraphBuilder:
         return gs.Constant(self.name(base), np.asarray(values, order="C"))
 
     def params(self, base: str, params: QuantParams) -> list[gs.Constant]:
-        """Scale and zero point constants (no zero point for int4 and signed block-wise
-        weights: it is 0 by default and onnxruntime's MatMulNBits fusion reads it that way)."""
+        """Scale and zero point constants (no zero point for symmetric int4 and signed
+        block-wise weights: it is 0 by default and onnxruntime's MatMulNBits fusion reads it
+        that way; int4 zero points are packed like the weights)."""
         scale = self.constant(f"{base}_scale", params.scale.astype(np.float32))
-        signed_blocks = params.block_size is not None and params.qtype.qmin < 0
-        if params.qtype.name == "int4" or signed_blocks:
+        signed_blocks = params.block_size is not None or params.qtype.name == "int4"
+        if signed_blocks and params.qtype.qmin < 0 and not params.zero_point.any():
             return [scale]
-        return [scale, self.constant(f"{base}_zero_point", params.zero_point)]
+        zero_point = self.constant(f"{base}_zero_point", params.zero_point, params.qtype)
+        return [scale, zero_point]
 
     def node(
         self, op: str, base: str, inputs, outputs, params: QuantParams | None = None, **attrs

@@ -19,7 +19,7 @@ __all__ = [
     "activation_params",
     "weight_params",
     "blockwise_params",
-    "block_scales",
+    "block_params",
     "CLIP_RATIOS",
     "quantize",
     "dequantize",
@@ -128,34 +128,48 @@ def blockwise_params(
     block_size: int,
     *,
     search: bool = False,
+    zero_points: bool = False,
 ) -> QuantParams:
-    """Symmetric parameters per block of ``block_size`` consecutive values along ``axis``
-    (the last block may be shorter), as opset-21 DequantizeLinear's ``block_size`` reads them.
+    """Parameters per block of ``block_size`` consecutive values along ``axis`` (the last
+    block may be shorter), as opset-21 DequantizeLinear's ``block_size`` reads them.
 
-    Every level of the grid is used, as onnxruntime's MatMulNBits quantizer does: the value of
-    largest magnitude ``m`` maps to ``qmin`` (-8 for int4), so ``scale = m / qmin`` (negative
-    when ``m`` is), and the other side reaches ``qmax`` steps. ``search=True`` picks, per
-    block, the scale of least squared error among shrunk clipping ranges in both orientations
-    (``m`` on ``qmin`` or on ``qmax``): a few outliers then stop stretching the step of the
-    whole block (data-free MSE-optimal clipping).
+    Symmetric (signed types without ``zero_points``): every level of the grid is used, as
+    onnxruntime's MatMulNBits quantizer does: the value of largest magnitude ``m`` maps to
+    ``qmin`` (-8 for int4), so ``scale = m / qmin`` (negative when ``m`` is), and the other
+    side reaches ``qmax`` steps. Asymmetric (``zero_points``, and unsigned types always): the
+    block's range ``[min(low, 0), max(high, 0)]`` spans all levels, ``scale = span / 15`` for
+    int4 and an integer zero point per block places zero on the grid; a block whose values
+    lean to one side then keeps all 16 levels for them.
+
+    ``search=True`` picks, per block, the parameters of least squared error among shrunk
+    clipping ranges (see :func:`block_params`): a few outliers then stop stretching the step
+    of the whole block (data-free MSE-optimal clipping).
     """
     moved, _ = _blocks(weights, axis, block_size)
-    scale = np.empty((moved.shape[0], *moved.shape[2:]), dtype=np.float32)
+    shape = (moved.shape[0], *moved.shape[2:])
+    scale = np.empty(shape, dtype=np.float32)
+    zero_point = np.zeros(shape, dtype=qtype.storage)
     flat_blocks = moved.reshape(moved.shape[0], block_size, -1)
     flat_scale = scale.reshape(moved.shape[0], -1)
+    flat_zero = zero_point.reshape(moved.shape[0], -1)
     columns = max(1, _SEARCH_CHUNK // max(flat_blocks.shape[0] * block_size, 1))
     for start in range(0, flat_blocks.shape[2], columns):
         chunk = flat_blocks[:, :, start : start + columns]
-        flat_scale[:, start : start + columns] = block_scales(chunk, qtype, search)
+        found = block_params(chunk, qtype, search, zero_points)
+        flat_scale[:, start : start + columns], flat_zero[:, start : start + columns] = found
     scale = np.moveaxis(scale, 0, axis)
-    zero_point = np.zeros(scale.shape, dtype=qtype.storage)
+    zero_point = np.moveaxis(zero_point, 0, axis)
     return QuantParams(scale, zero_point, qtype, axis, block_size)
 
 
-# Values searched at once (bounds the temporaries of the clipping search).
-_SEARCH_CHUNK = 1 << 22
-# Clipping ranges the search tries, as fractions of the block's largest magnitude.
-CLIP_RATIOS = np.linspace(1.0, 0.5, 21, dtype=np.float32)
+# Values searched at once: small enough that the search's temporaries stay in the CPU's cache.
+_SEARCH_CHUNK = 1 << 18
+# Clipping ranges the search tries first, as fractions of the block's range; then, per block,
+# the best one's neighbours at a quarter of that step.
+CLIP_RATIOS = np.linspace(1.0, 0.5, 6, dtype=np.float32)
+_REFINE_STEPS = np.array([-0.05, -0.025, 0.025, 0.05], dtype=np.float32)
+# Asymmetric ranges shrink from the top (0), from both ends alike (0.5) or from the bottom (1).
+_ANCHORS = (0.0, 0.5, 1.0)
 
 
 def _blocks(weights: np.ndarray, axis: int, block_size: int) -> tuple[np.ndarray, int]:
@@ -171,33 +185,129 @@ def _blocks(weights: np.ndarray, axis: int, block_size: int) -> tuple[np.ndarray
     return moved.reshape(blocks, block_size, *moved.shape[1:]), length
 
 
-def block_scales(blocks: np.ndarray, qtype: QuantType, search: bool) -> np.ndarray:
-    """The scale of each block of ``blocks`` (shaped ``(blocks, block_size, columns)``): its
-    largest magnitude on ``qmin`` (round to nearest on the full grid), or with ``search`` the
-    candidate of least squared error (see :func:`blockwise_params`)."""
+def block_params(
+    blocks: np.ndarray, qtype: QuantType, search: bool, zero_points: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The scale and zero point of each block of ``blocks`` (shaped ``(blocks, block_size,
+    columns)``; see :func:`blockwise_params`).
+
+    Without ``search``: the block's whole range (round to nearest). With it, the candidate of
+    least squared error among clipping ranges shrunk to :data:`CLIP_RATIOS` of the block's
+    (in both orientations for a symmetric grid; from the top, the bottom or both ends for an
+    asymmetric one), refined around each block's best ratio; then the scale that fits the
+    chosen integers best in the least-squares sense, where it lowers the error further.
+    """
     blocks = np.asarray(blocks, dtype=np.float32)
-    index = np.abs(blocks).argmax(axis=1)[:, None]
-    peak = np.take_along_axis(blocks, index, axis=1)[:, 0]  # signed value of largest magnitude
-    empty = peak == 0
-    nearest = np.where(empty, np.float32(1.0), peak / np.float32(qtype.qmin)).astype(np.float32)
+    grid = _AsymmetricGrid(blocks, qtype) if zero_points or qtype.qmin >= 0 else None
+    grid = grid or _SymmetricGrid(blocks, qtype)
+    one = np.ones(blocks.shape[::2], dtype=np.float32)
+    best = grid.candidate(one, np.zeros_like(one))
     if not search:
-        return nearest
-    best, best_error = nearest, _block_error(blocks, nearest, qtype)
-    for level in (qtype.qmin, qtype.qmax):
-        for ratio in CLIP_RATIOS:
-            candidate = peak * ratio / np.float32(level)
-            candidate = np.where(empty, np.float32(1.0), candidate).astype(np.float32)
-            error = _block_error(blocks, candidate, qtype)
-            better = error < best_error
-            best = np.where(better, candidate, best)
-            best_error = np.where(better, error, best_error)
-    return best
+        return best[0], best[1].astype(qtype.storage)
+    best_error = _block_error(blocks, *best, qtype)
+    best_ratio, best_form = one, np.zeros_like(one)
+
+    def consider(ratio: np.ndarray, form: np.ndarray) -> None:
+        nonlocal best, best_error, best_ratio, best_form
+        candidate = grid.candidate(ratio, form)
+        error = _block_error(blocks, *candidate, qtype)
+        better = error < best_error
+        best = tuple(np.where(better, new, old) for new, old in zip(candidate, best, strict=True))
+        best_error = np.where(better, error, best_error)
+        best_ratio = np.where(better, ratio, best_ratio)
+        best_form = np.where(better, form, best_form)
+
+    for ratio, form in grid.candidates():
+        consider(one * ratio, np.full_like(one, form))
+    for step in _REFINE_STEPS:
+        consider(np.clip(best_ratio + step, 0.05, 1.0), best_form)
+    fitted = _fitted_scale(blocks, *best, qtype)
+    error = _block_error(blocks, fitted, best[1], qtype)
+    scale = np.where(error < best_error, fitted, best[0])
+    return scale.astype(np.float32), best[1].astype(qtype.storage)
 
 
-def _block_error(blocks: np.ndarray, scale: np.ndarray, qtype: QuantType) -> np.ndarray:
-    """Squared error of each block quantized with ``scale`` (one per block and column)."""
-    q = np.clip(np.round(blocks / scale[:, None]), qtype.qmin, qtype.qmax)
-    return np.square(q * scale[:, None] - blocks).sum(axis=1)
+class _SymmetricGrid:
+    """Zero point 0; the block's peak magnitude, times a ratio, on ``qmin`` (form 0) or on
+    ``qmax`` (form 1)."""
+
+    def __init__(self, blocks: np.ndarray, qtype: QuantType) -> None:
+        index = np.abs(blocks).argmax(axis=1)[:, None]
+        self.peak = np.take_along_axis(blocks, index, axis=1)[:, 0]  # signed
+        self.empty = self.peak == 0
+        self.qtype = qtype
+
+    @staticmethod
+    def candidates() -> list[tuple[float, float]]:
+        """(ratio, form) pairs the search tries besides the whole range on ``qmin``."""
+        return [(r, f) for f in (0.0, 1.0) for r in CLIP_RATIOS if (r, f) != (1.0, 0.0)]
+
+    def candidate(self, ratio: np.ndarray, form: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        level = np.where(form > 0, np.float32(self.qtype.qmax), np.float32(self.qtype.qmin))
+        scale = np.where(self.empty, np.float32(1.0), self.peak * ratio / level)
+        return scale.astype(np.float32), np.zeros_like(scale, dtype=np.float32)
+
+
+class _AsymmetricGrid:
+    """The range ``[min(low, 0), max(high, 0)]`` shrunk to ``ratio`` of its span, keeping its
+    bottom (form 0), its middle (0.5) or its top (1) in place; the zero point puts the
+    shrunk range's bottom on ``qmin``, rounded to an integer (zero stays on the grid)."""
+
+    def __init__(self, blocks: np.ndarray, qtype: QuantType) -> None:
+        self.low = np.minimum(blocks.min(axis=1), 0)
+        self.span = np.maximum(blocks.max(axis=1), 0) - self.low
+        self.empty = self.span == 0
+        self.qtype = qtype
+
+    @staticmethod
+    def candidates() -> list[tuple[float, float]]:
+        """(ratio, form) pairs the search tries besides the whole range (the same for every
+        form)."""
+        return [(r, f) for f in _ANCHORS for r in CLIP_RATIOS[1:]]
+
+    def candidate(self, ratio: np.ndarray, form: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        levels = np.float32(self.qtype.qmax - self.qtype.qmin)
+        scale = np.where(self.empty, np.float32(1.0), self.span * ratio / levels)
+        bottom = self.low + (1 - ratio) * self.span * form
+        zero_point = np.round(self.qtype.qmin - bottom / scale)
+        zero_point = np.clip(zero_point, self.qtype.qmin, self.qtype.qmax)
+        return scale.astype(np.float32), zero_point.astype(np.float32)
+
+
+def _steps(
+    blocks: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qtype: QuantType
+) -> tuple[np.ndarray, np.ndarray]:
+    """``blocks`` in steps of ``scale`` and their grid points ``q - zero_point``, rounded and
+    clipped to the integer range (as float32)."""
+    steps = blocks / scale[:, None]
+    zero = zero_point[:, None]
+    grid = np.round(steps)
+    np.maximum(grid, qtype.qmin - zero, out=grid)
+    np.minimum(grid, qtype.qmax - zero, out=grid)
+    return steps, grid
+
+
+def _block_error(
+    blocks: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qtype: QuantType
+) -> np.ndarray:
+    """Squared error of each block quantized with ``scale`` and ``zero_point`` (one per block
+    and column), computed in units of the step (one division, no multiplication back)."""
+    steps, grid = _steps(blocks, scale, zero_point, qtype)
+    grid -= steps
+    np.square(grid, out=grid)
+    return grid.sum(axis=1) * np.square(scale)
+
+
+def _fitted_scale(
+    blocks: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qtype: QuantType
+) -> np.ndarray:
+    """The least-squares scale for the grid points ``blocks`` round to under ``scale``:
+    ``sum(x * g) / sum(g * g)`` per block (``scale`` where every point is zero)."""
+    _, grid = _steps(blocks, scale, zero_point, qtype)
+    numerator = (blocks * grid).sum(axis=1)
+    denominator = np.square(grid).sum(axis=1)
+    fitted = numerator / np.where(denominator > 0, denominator, 1)
+    return np.where((denominator > 0) & (fitted != 0), fitted, scale).astype(np.float32)
 
 
 def _expanded(values: np.ndarray, params: QuantParams, shape: tuple[int, ...]) -> np.ndarray:

@@ -180,6 +180,8 @@ class Quantize(Pass):
     (errors compensated on calib data); auto: gptq with calib, else mse."""
     blockwise: bool = False
     """int8/uint8 MatMul weights block-wise, weight-only (onnxruntime's MatMulNBits, 8 bits)."""
+    zero_points: bool = False
+    """Block-wise weights asymmetric, a zero point per block: all levels for lopsided blocks."""
     embeddings: bool = False
     """Quantize Gather tables in weight-only modes (dequantized whole on every call)."""
     smooth: float | None = None
@@ -306,6 +308,11 @@ class Quantize(Pass):
             raise PipelineSpecError(
                 f"quantize(blockwise=true, activations={self.activations}): block-wise weights "
                 "are weight-only (MatMulNBits); use activations=none"
+            )
+        if self.zero_points and self.weights != "int4" and not self.blockwise:
+            raise PipelineSpecError(
+                f"quantize(zero_points=true, weights={self.weights}): zero points per block are "
+                "for block-wise weights; use weights=int4 or blockwise=true"
             )
         if self.calibration not in CALIBRATION_METHODS:  # reachable through the Python API
             raise PipelineSpecError(f"quantize(calibration={self.calibration!r}): unknown method")
@@ -452,7 +459,12 @@ class Quantize(Pass):
         if self.reduce_range and self.weights in ("int8", "uint8"):
             weight_type = weight_type.reduced()
         config = WeightConfig(
-            weight_type, self.per_channel, self.block_size, self.blockwise, self.rounding_method()
+            weight_type,
+            self.per_channel,
+            self.block_size,
+            self.blockwise,
+            self.rounding_method(),
+            self.zero_points,
         )
         builds = _Builds(work, model, self, activations, config, params, float_only)
         if config.rounding == "gptq":
