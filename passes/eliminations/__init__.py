@@ -34,6 +34,7 @@ from onnxslim.passes.eliminations.noop_transpose import NoopTranspose
 from onnxslim.passes.eliminations.static_shape_values import StaticShapeValues
 from onnxslim.passes.eliminations.symbolic_expand import SymbolicExpandShape
 from onnxslim.passes.eliminations.symbolic_reshape import SymbolicReshapeTarget
+from onnxslim.passes.eliminations.transpose_reshape import TransposeAcrossReshape
 from onnxslim.passes.eliminations.transpose_through import TransposeThrough
 
 from onnxslim.registry import register_pass
@@ -64,6 +65,7 @@ __all__ = [
     "SymbolicReshapeTarget",
     "SymbolicExpandShape",
     "TransposeThrough",
+    "TransposeAcrossReshape",
 ]
 
 
@@ -103,9 +105,18 @@ class CollapseChains(RuleSet):
     graph output, so that merging removes it. An elementwise op, Softmax or reduction between
     Transposes runs on the untransposed tensors (constants permuted, axes renumbered) where
     that leaves fewer Transposes: the permutations compose with the one after it, or vanish.
+    Transposes on both sides of a Reshape that only splits or merges axes they keep together
+    compose across it into one Transpose, or none.
     """
 
-    rules = (MergeTransposes, MergeReshapes, CancelSqueezes, MergeSlices, TransposeThrough)
+    rules = (
+        MergeTransposes,
+        MergeReshapes,
+        CancelSqueezes,
+        MergeSlices,
+        TransposeThrough,
+        TransposeAcrossReshape,
+    )
 
 
 @register_pass("simplify-shapes")
