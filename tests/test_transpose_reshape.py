@@ -5,7 +5,7 @@ mixes axes the permutations move apart keeps both. Outputs equal on onnxruntime.
 from __future__ import annotations
 
 import numpy as np
-from onnxslim.passes.eliminations import TransposeAcrossReshape
+from onnxslim.passes.eliminations import CollapseChains, TransposeAcrossReshape, UnitAxisTranspose
 
 from onnxslim.testing import apply, assert_same_outputs, parse_model
 
@@ -105,3 +105,29 @@ def test_two_named_dims_merged_into_one_keep_both_transposes():
     }}""")
     result = apply(TransposeAcrossReshape, model)
     assert result.ops["Transpose"] == 2
+
+
+def test_a_transpose_of_unit_axes_joins_the_reshapes_around_it():
+    """Swin's last-stage window partition: one window, so only axes of size 1 move."""
+    model = parse_model(f"""{HEADER}
+    g (float[N,7,7,8] x) => (float[N,49,8] y)
+      <int64[6] a = {{0, 1, 7, 1, 7, 8}}, int64[3] b = {{-1, 49, 8}}> {{
+        r = Reshape(x, a)
+        t = Transpose<perm=[0,1,3,2,4,5]>(r)
+        y = Reshape(t, b)
+    }}""")
+    result = apply(UnitAxisTranspose, model)
+    assert dict(result.ops) == {"Reshape": 3}
+    assert_same_outputs(model, result.model, feeds(2, 7, 7, 8))
+    merged = apply(CollapseChains, result.model)
+    assert dict(merged.ops) == {"Reshape": 1}
+    assert_same_outputs(model, merged.model, feeds(2, 7, 7, 8))
+
+
+def test_a_transpose_that_moves_data_stays():
+    model = parse_model(f"""{HEADER}
+    g (float[N,7,2,8] x) => (float[N,2,7,8] y) <int64[4] b = {{0, 2, 7, 8}}> {{
+        t = Transpose<perm=[0,2,1,3]>(x)
+        y = Reshape(t, b)
+    }}""")
+    assert dict(apply(UnitAxisTranspose, model).ops) == {"Transpose": 1, "Reshape": 1}

@@ -36,6 +36,7 @@ from onnxslim.passes.eliminations.symbolic_expand import SymbolicExpandShape
 from onnxslim.passes.eliminations.symbolic_reshape import SymbolicReshapeTarget
 from onnxslim.passes.eliminations.transpose_reshape import TransposeAcrossReshape
 from onnxslim.passes.eliminations.transpose_through import TransposeThrough
+from onnxslim.passes.eliminations.unit_axis_transpose import UnitAxisTranspose
 
 from onnxslim.registry import register_pass
 from onnxslim.rewrite import RuleSet
@@ -66,6 +67,7 @@ __all__ = [
     "SymbolicExpandShape",
     "TransposeThrough",
     "TransposeAcrossReshape",
+    "UnitAxisTranspose",
 ]
 
 
@@ -106,7 +108,8 @@ class CollapseChains(RuleSet):
     Transposes runs on the untransposed tensors (constants permuted, axes renumbered) where
     that leaves fewer Transposes: the permutations compose with the one after it, or vanish.
     Transposes on both sides of a Reshape that only splits or merges axes they keep together
-    compose across it into one Transpose, or none.
+    compose across it into one Transpose, or none; a Transpose that moves only axes of size 1
+    next to a Reshape becomes a Reshape and merges with it.
     """
 
     rules = (
@@ -116,6 +119,7 @@ class CollapseChains(RuleSet):
         MergeSlices,
         TransposeThrough,
         TransposeAcrossReshape,
+        UnitAxisTranspose,
     )
 
 
