@@ -7,6 +7,7 @@ moves. As a Reshape it joins the Reshapes on either side, and the chain is one n
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
 from onnxslim.passes.eliminations.transpose_reshape import reshape_target
 from onnxslim.passes.eliminations.transpose_through import transpose_perm
@@ -24,6 +25,7 @@ class UnitAxisTranspose(Rule):
     with 0 where it stays in place, else the one -1)."""
 
     anchors = ("Transpose",)
+    min_opset = 5  # a Reshape's target is an input
 
     def match(self, node: gs.Node, scope: Scope) -> MatchResult:
         source = node.inputs[0]
@@ -43,7 +45,6 @@ class UnitAxisTranspose(Rule):
 
     def rewrite(self, match: Match) -> None:
         node, scope = match.node, match.scope
-        node.op = "Reshape"
-        node.attrs.clear()
-        node.inputs.append(gs.Variable.empty())
-        scope.set_ints_param(node, "shape", 1, 5, match.target)
+        base = f"{node.name or node.outputs[0].name}_shape"
+        target = scope.new_constant(base, np.array(match.target, dtype=np.int64))
+        scope.replace([node], "Reshape", [node.inputs[0], target], list(node.outputs))
