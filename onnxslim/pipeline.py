@@ -122,14 +122,23 @@ class OptionSpec:
     """One option of a pass, as ``onnxslim passes`` lists it and the pass's command offers it.
 
     ``help`` is the field's ``metadata["help"]`` or, more readably, its attribute docstring:
-    a string literal on the line after the field.
+    a string literal on the line after the field. The docstrings are read from the pass's
+    source only when ``help`` is asked for: parsing every pass's source took half a second of
+    each ``optimize`` call, which only needs names, types and defaults.
     """
 
     name: str
     type_name: str
     default: Any
     annotation: Any
-    help: str = ""
+    given_help: str = ""
+    owner: type | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def help(self) -> str:
+        if self.given_help or self.owner is None:
+            return self.given_help
+        return _attribute_docs(self.owner).get(self.name, "")
 
 
 class Pass:
@@ -177,7 +186,6 @@ class Pass:
         if not dataclasses.is_dataclass(cls):
             return []
         hints = _type_hints(cls)
-        docs = _attribute_docs(cls)
         specs = []
         for f in dataclasses.fields(cls):
             if not f.init:
@@ -186,8 +194,10 @@ class Pass:
             if f.default_factory is not dataclasses.MISSING:
                 default = f.default_factory()
             annotation = hints.get(f.name, Any)
-            help_text = f.metadata.get("help") or docs.get(f.name, "")
-            specs.append(OptionSpec(f.name, _type_name(annotation), default, annotation, help_text))
+            given = f.metadata.get("help") or ""
+            specs.append(
+                OptionSpec(f.name, _type_name(annotation), default, annotation, given, owner=cls)
+            )
         return specs
 
     def label(self) -> str:

@@ -58,6 +58,7 @@ from onnxslim.rewrite import (
     STANDARD_DOMAINS,
     Scope,
     constant_node_value,
+    element_type,
     static_shape,
 )
 from onnxslim.runtime import open_session
@@ -66,6 +67,12 @@ __all__ = ["FoldConstants"]
 
 # Quantized models keep their QuantizeLinear/DequantizeLinear pairs: runtimes fuse them into
 # integer kernels, and folding DequantizeLinear would store the weights as floats again.
+# Element types whose numpy arrays are the ONNX values (no bfloat16 or float8 stand-ins).
+_MOVABLE_TYPES = frozenset(
+    getattr(onnx.TensorProto, name)
+    for name in ("FLOAT", "FLOAT16", "DOUBLE", "BOOL", "INT8", "INT16", "INT32", "INT64")
+    + ("UINT8", "UINT16", "UINT32", "UINT64")
+)
 _QUANTIZATION = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 # Ops whose outputs are sequences or optionals, which cannot be stored as initializers.
 _NON_TENSOR_OUTPUTS = frozenset(
@@ -327,10 +334,31 @@ class _Plan:
         if not needed:
             return False
         self._added_bytes.clear()  # estimates give way to the sizes of the values
+        needed = [n for n in needed if not self._transposed_in_numpy(n)]
+        if not needed:
+            return True
         try:
             self.values.update(_run(needed, self.input_proto, model))
         except Exception:  # onnxruntime raises many types; retry node by node
             self._evaluate_one_by_one(needed, model)
+        return True
+
+    def _transposed_in_numpy(self, node: gs.Node) -> bool:
+        """Compute ``Transpose(W)`` of a weight with numpy, one weight at a time.
+
+        In the onnxruntime session every weight would be held four times at once (the
+        evaluation model, its serialized bytes, the session's copy, the result): swin_t's
+        TorchScript export transposes nearly all its weights. A transpose moves values
+        without arithmetic, so numpy's is the same result.
+        """
+        if node.op != "Transpose" or not isinstance(node.inputs[0], gs.Constant):
+            return False
+        if element_type(node.inputs[0]) not in _MOVABLE_TYPES:
+            return False
+        perm = node.attrs.get("perm")
+        array = read_constant(node.inputs[0])
+        moved = np.transpose(array, None if perm is None else [int(a) for a in perm])
+        self.values[id(node.outputs[0])] = np.ascontiguousarray(moved)
         return True
 
     def _needed(self) -> list[gs.Node]:

@@ -8,11 +8,18 @@ import onnx
 import pytest
 from conftest import make_model, run_model, tensor_info
 from onnx import TensorProto, helper
-from onnxslim.passes.eliminations import CollapseChains, EliminateNoops
+from onnxslim.passes.eliminations import (
+    CollapseChains,
+    EliminateNoops,
+    MergeUnsqueezes,
+    NeutralArithmetic,
+)
 from onnxslim.passes.infer_shapes import InferShapes
 
+from onnxslim import testing
 from onnxslim.model import load, to_proto
 from onnxslim.pipeline import Pass, PassManager
+from onnxslim.testing import apply, parse_model
 
 FLOAT = TensorProto.FLOAT
 INT64_MAX = int(np.iinfo(np.int64).max)
@@ -708,3 +715,59 @@ def test_chains_inside_a_loop_body_collapse():
     body_ops = op_types(result.graph.node[0].attribute[0].g)
     assert sorted(body_ops) == ["Add", "Identity"]
     assert_same_outputs(proto, result)
+
+
+def test_and_with_true_and_or_with_false_leave_the_other_operand():
+    model = parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (bool[2,3] x) => (bool[2,3] y) <bool t = {1}, bool[3] f = {0, 0, 0}> {
+        a = And(t, x)
+        o = Or(a, f)
+        y = Not(o)
+    }""")
+    result = apply(NeutralArithmetic, model)
+    assert dict(result.ops) == {"Not": 1}
+    testing.assert_same_outputs(model, result.model, {"x": np.array([[1, 0, 1], [0, 1, 0]], bool)})
+
+
+def test_and_with_true_that_broadcasts_the_other_operand_stays():
+    model = parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (bool[3] x) => (bool[2,3] y) <bool[2,3] t = {1, 1, 1, 1, 1, 1}> {
+        y = And(t, x)
+    }""")
+    assert dict(apply(NeutralArithmetic, model).ops) == {"And": 1}
+
+
+def test_unsqueeze_after_unsqueeze_is_one_unsqueeze():
+    """Dynamo's causal mask: Unsqueeze(Range, [1, 2]) then Unsqueeze(.., [3])."""
+    model = parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N] x) => (float[1,N,1,1,1] y) <int64[2] a = {0, -1}, int64[2] b = {2, -1}> {
+        u = Unsqueeze(x, a)
+        y = Unsqueeze(u, b)
+    }""")
+    result = apply(MergeUnsqueezes, model)
+    assert dict(result.ops) == {"Unsqueeze": 1}
+    testing.assert_same_outputs(model, result.model, {"x": np.arange(4, dtype=np.float32)})
+
+
+def test_an_unsqueeze_read_by_two_unsqueezes_goes_into_both():
+    """Dynamo's causal mask: one Unsqueeze of a Range feeds two more."""
+    model = parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N] x) => (float[1,N,1] y, float[1,1,N] z)
+      <int64[1] a = {0}, int64[1] b = {2}, int64[1] c = {1}> {
+        u = Unsqueeze(x, a)
+        y = Unsqueeze(u, b)
+        z = Unsqueeze(u, c)
+    }""")
+    result = apply(MergeUnsqueezes, model)
+    assert dict(result.ops) == {"Unsqueeze": 2}
+    testing.assert_same_outputs(model, result.model, {"x": np.arange(4, dtype=np.float32)})
+
+
+def test_an_unsqueeze_also_read_by_another_op_stays():
+    model = parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N] x) => (float[1,N,1] y, float[1,N] r) <int64[1] a = {0}, int64[1] b = {2}> {
+        u = Unsqueeze(x, a)
+        y = Unsqueeze(u, b)
+        r = Relu(u)
+    }""")
+    assert dict(apply(MergeUnsqueezes, model).ops) == {"Unsqueeze": 2, "Relu": 1}

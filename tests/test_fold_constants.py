@@ -436,6 +436,29 @@ def test_a_transpose_of_a_weight_it_alone_reads_folds_beside_a_growing_fold(buil
     assert_same_outputs(original, folded, {"x": random_input(2, 64)})
 
 
+def test_a_reversing_transpose_of_a_half_precision_weight_folds_to_its_values(build_model):
+    """Transposes of weights are computed one by one outside onnxruntime (to keep one copy
+    of the weights in memory); the values must be the ones the model computed."""
+    weight = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float16)
+    nodes = [
+        helper.make_node("Transpose", ["weight"], ["weight_t"]),
+        helper.make_node("Add", ["x", "weight_t"], ["y"]),
+    ]
+    original = build_model(
+        nodes,
+        [info("x", TensorProto.FLOAT16, [4, 3, 2])],
+        [info("y", TensorProto.FLOAT16, [4, 3, 2])],
+        {"weight": weight},
+    )
+    folded, _ = fold(original)
+
+    assert op_types(folded.graph) == ["Add"]
+    [stored] = [t for t in folded.graph.initializer if t.data_type == TensorProto.FLOAT16]
+    np.testing.assert_array_equal(numpy_helper.to_array(stored), weight.transpose())
+    feeds = {"x": random_input(4, 3, 2).astype(np.float16)}
+    assert_same_outputs(original, folded, feeds)
+
+
 def range_of_a_hundred(build_model: Callable[..., onnx.ModelProto]) -> onnx.ModelProto:
     """x + Range(0, 100) in int64: folded, 800 bytes of data replace 100 bytes of the Range
     node and its three scalar inputs."""

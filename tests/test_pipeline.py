@@ -12,7 +12,8 @@ from onnx import TensorProto, helper
 
 from onnxslim.errors import EXIT_INTERNAL, PassCrashError, PassError, VerificationError
 from onnxslim.model import load
-from onnxslim.pipeline import FixedPoint, Pass, PassContext, PassManager
+from onnxslim.pipeline import FixedPoint, Pass, PassContext, PassManager, _attribute_docs
+from onnxslim.registry import parse_pipeline
 
 
 def _relu_chain() -> gs.Graph:
@@ -174,6 +175,16 @@ def test_option_help_comes_from_attribute_docstrings_or_field_metadata():
         "undocumented": "",
         "named": "Help from field metadata.",
     }
+
+
+def test_parsing_a_pipeline_does_not_read_the_passes_source():
+    """Option help is read from source only when shown; running a pipeline needs none."""
+    _attribute_docs.cache_clear()
+    steps = parse_pipeline("[infer-shapes,fold-constants(max_growth_bytes=10),cleanup]*2")
+    assert [step.label() for step in steps] == [
+        "[infer-shapes,fold-constants(max_growth_bytes=10),cleanup]*2"
+    ]
+    assert _attribute_docs.cache_info().currsize == 0
 
 
 def test_metrics_a_pass_publishes_land_in_its_record():

@@ -21,6 +21,7 @@ from onnxslim.passes.eliminations.identity import RemoveIdentity
 from onnxslim.passes.eliminations.merge_reshapes import MergeReshapes
 from onnxslim.passes.eliminations.merge_slices import MergeSlices
 from onnxslim.passes.eliminations.merge_transposes import MergeTransposes
+from onnxslim.passes.eliminations.merge_unsqueezes import MergeUnsqueezes
 from onnxslim.passes.eliminations.neutral_arithmetic import NeutralArithmetic
 from onnxslim.passes.eliminations.noop_cast import NoopCast
 from onnxslim.passes.eliminations.noop_concat import NoopConcat
@@ -34,7 +35,9 @@ from onnxslim.passes.eliminations.noop_transpose import NoopTranspose
 from onnxslim.passes.eliminations.static_shape_values import StaticShapeValues
 from onnxslim.passes.eliminations.symbolic_expand import SymbolicExpandShape
 from onnxslim.passes.eliminations.symbolic_reshape import SymbolicReshapeTarget
+from onnxslim.passes.eliminations.transpose_reshape import TransposeAcrossReshape
 from onnxslim.passes.eliminations.transpose_through import TransposeThrough
+from onnxslim.passes.eliminations.unit_axis_transpose import UnitAxisTranspose
 
 from onnxslim.registry import register_pass
 from onnxslim.rewrite import RuleSet
@@ -56,6 +59,7 @@ __all__ = [
     "NeutralArithmetic",
     "MergeTransposes",
     "MergeReshapes",
+    "MergeUnsqueezes",
     "CancelSqueezes",
     "MergeSlices",
     "RemoveIdentity",
@@ -64,6 +68,8 @@ __all__ = [
     "SymbolicReshapeTarget",
     "SymbolicExpandShape",
     "TransposeThrough",
+    "TransposeAcrossReshape",
+    "UnitAxisTranspose",
 ]
 
 
@@ -73,8 +79,9 @@ class EliminateNoops(RuleSet):
 
     Cast and CastLike to the input's own type; Reshape to the input's shape; Transpose with the
     identity permutation; Expand, Pad, Slice and Resize that keep every element in place;
-    Concat of one input and Split into one output; Mul and Div by 1, Add of 0 and Sub of 0
-    where the constant does not broadcast the other operand to a larger shape. Graph outputs
+    Concat of one input and Split into one output; Mul and Div by 1, Add of 0, Sub of 0, And
+    with True and Or with False where the constant does not broadcast the other operand to a
+    larger shape. Graph outputs
     keep their names; a node that is the only way to give an output its name stays.
     """
 
@@ -97,15 +104,28 @@ class CollapseChains(RuleSet):
     """Merge a node into the one that feeds it, where the pair is one op or none.
 
     Transpose after Transpose becomes one Transpose (none when they cancel); Reshape after
-    Reshape, Flatten, Squeeze or Unsqueeze becomes one Reshape; Squeeze and Unsqueeze of the
-    same axes cancel (either order); Slice after Slice becomes one Slice when their axes are
-    disjoint or both step by 1. The first node must feed only the second and must not be a
-    graph output, so that merging removes it. An elementwise op, Softmax or reduction between
-    Transposes runs on the untransposed tensors (constants permuted, axes renumbered) where
-    that leaves fewer Transposes: the permutations compose with the one after it, or vanish.
+    Reshape, Flatten, Squeeze or Unsqueeze becomes one Reshape; Unsqueeze after Unsqueeze
+    becomes one; Squeeze and Unsqueeze of the same axes cancel (either order); Slice after
+    Slice becomes one Slice when their axes are disjoint or both step by 1. The first node
+    must feed only the second and must not be a graph output, so that merging removes it. An
+    elementwise op, Softmax or reduction between Transposes runs on the untransposed tensors
+    (constants permuted, axes renumbered) where that leaves fewer Transposes: the
+    permutations compose with the one after it, or vanish. Transposes on both sides of a
+    Reshape that only splits or merges axes they keep together compose across it into one
+    Transpose, or none; a Transpose that moves only axes of size 1 next to a Reshape becomes
+    a Reshape and merges with it.
     """
 
-    rules = (MergeTransposes, MergeReshapes, CancelSqueezes, MergeSlices, TransposeThrough)
+    rules = (
+        MergeTransposes,
+        MergeReshapes,
+        MergeUnsqueezes,
+        CancelSqueezes,
+        MergeSlices,
+        TransposeThrough,
+        TransposeAcrossReshape,
+        UnitAxisTranspose,
+    )
 
 
 @register_pass("simplify-shapes")

@@ -1,4 +1,4 @@
-"""Mul and Div by 1, Add of 0 and Sub of 0."""
+"""Mul and Div by 1, Add of 0 and Sub of 0, And with True and Or with False."""
 
 from __future__ import annotations
 
@@ -13,14 +13,22 @@ from onnxslim.rewrite import Miss, NoopRule, Scope, broadcast_keeps, element_typ
 __all__ = ["NeutralArithmetic"]
 
 # The neutral element of each op, and which operand positions may hold it.
-_NEUTRAL = {"Add": (0, (0, 1)), "Mul": (1, (0, 1)), "Sub": (0, (1,)), "Div": (1, (1,))}
+_NEUTRAL = {
+    "Add": (0, (0, 1)),
+    "Mul": (1, (0, 1)),
+    "Sub": (0, (1,)),
+    "Div": (1, (1,)),
+    "And": (1, (0, 1)),
+    "Or": (0, (0, 1)),
+}
 # Whether a constant is all ones is read from this many bytes first, so that a real weight is
 # told apart without reading all of it.
 _PREFIX_BYTES = 4096
-# Element types whose neutral elements numpy can compare.
+# Element types whose neutral elements numpy can compare (BOOL for And and Or).
 _ARITHMETIC_TYPES = frozenset(
     getattr(onnx.TensorProto, name)
     for name in (
+        "BOOL",
         "FLOAT",
         "DOUBLE",
         "FLOAT16",
@@ -37,9 +45,9 @@ _ARITHMETIC_TYPES = frozenset(
 
 
 class NeutralArithmetic(NoopRule):
-    """The other operand of Mul/Div by 1 or Add/Sub of 0, where the constant does not
-    broadcast it to a larger shape. (Add of +0 turns an input of -0.0 into +0.0, which no
-    comparison can see.)"""
+    """The other operand of Mul/Div by 1, Add/Sub of 0, And with True or Or with False, where
+    the constant does not broadcast it to a larger shape. (Add of +0 turns an input of -0.0
+    into +0.0, which no comparison can see.)"""
 
     anchors = tuple(_NEUTRAL)
 

@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 
 from onnxslim.rewrite import ELEMENTWISE_OPS, Match, MatchResult, Rule, Scope, fail
 
-__all__ = ["TransposeThrough", "REDUCE_OPS"]
+__all__ = ["TransposeThrough", "REDUCE_OPS", "inverse_perm", "transpose_perm"]
 
 SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax"})
 # Reductions, with the opset from which their axes are an input.
@@ -31,14 +31,15 @@ REDUCE_OPS = {
 }
 
 
-def _inverse(perm: list[int]) -> list[int]:
+def inverse_perm(perm: list[int]) -> list[int]:
     inverse = [0] * len(perm)
     for position, axis in enumerate(perm):
         inverse[axis] = position
     return inverse
 
 
-def _perm(node: gs.Node, scope: Scope) -> list[int] | None:
+def transpose_perm(node: gs.Node, scope: Scope) -> list[int] | None:
+    """A Transpose's permutation, the reversal it means without one (None: rank unknown)."""
     perm = node.attrs.get("perm")
     if perm is not None:
         return [int(a) for a in perm]
@@ -62,7 +63,7 @@ class TransposeThrough(Rule):
         feeders = [scope.feeder(node, node.inputs[i], "Transpose") for i in data]
         if not feeders or any(f is None for f in feeders):
             return fail("its tensor operands are not all Transposes that only it reads")
-        perms = [_perm(f, scope) for f in feeders]
+        perms = [transpose_perm(f, scope) for f in feeders]
         perm = perms[0]
         if perm is None or any(p != perm for p in perms):
             return fail("its Transposes differ or their rank is unknown")
@@ -79,7 +80,7 @@ class TransposeThrough(Rule):
             return fail("its axes are not known constants")
         attrs, axes, after = remapped
         reader = scope.read_once(node.outputs[0], "Transpose")
-        following = _perm(reader, scope) if reader is not None else None
+        following = transpose_perm(reader, scope) if reader is not None else None
         if following is not None and len(following) == len(after):
             after = [after[axis] for axis in following]
         else:
@@ -140,7 +141,7 @@ class TransposeThrough(Rule):
 
     def rewrite(self, match: Match) -> None:
         node, scope, perm = match.node, match.scope, match.perm
-        inverse = _inverse(perm)
+        inverse = inverse_perm(perm)
         for feeder in match.feeders:
             for index, tensor in enumerate(node.inputs):
                 if tensor is feeder.outputs[0]:
