@@ -44,7 +44,7 @@ import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-EXPORT_PYTHON = Path("/work/main/.venv-export/bin/python")
+EXPORT_PYTHON = REPO / ".venv-export" / "bin" / "python"
 MODELS = ("gpt2", "llama", "gpt2-large")
 BLOCK = 32
 
