@@ -254,3 +254,29 @@ def test_models_too_large_for_bytes_go_through_a_temporary_folder(
         assert len(folders) == 1 and len(list(folders[0].glob("model.onnx.*.data"))) == 1
         np.testing.assert_allclose(run(session, {"x": x})["hidden"], hidden, rtol=1e-6)
     assert not list(tmp_path.glob("onnxslim-session-*"))
+
+
+@pytest.mark.parametrize(
+    ("opset", "imported"), [(17, False), (onnx.defs.onnx_opset_version(), True)]
+)
+def test_input_check_imports_onnxruntime_only_for_opsets_past_every_supported_release(
+    tmp_path: Path, opset: int, imported: bool
+) -> None:
+    """Opsets up to 20 load on every onnxruntime the extras allow (1.17 on): the input check
+    accepts them without importing onnxruntime; a newer opset is probed on the installed one."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+    script = (
+        "import sys\n"
+        "from onnxslim.checking import check_input_model\n"
+        "from onnxslim.model import load\n"
+        f"check_input_model(load({str(path)!r}))\n"
+        "print('onnxruntime' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == str(imported)
