@@ -40,13 +40,14 @@ _RUNTIME_OLDEST_OPSET = 7
 _EVERY_SUPPORTED_RUNTIME_LOADS = 20
 
 
-def check_model(model: Model, *, full: bool = True) -> None:
+def check_model(model: Model | onnx.ModelProto, *, full: bool = True) -> None:
     """Raise InvalidModelError (one line) unless onnx.checker accepts the model.
 
     ``full`` adds strict shape inference, which catches type and rank mismatches that the plain
-    checker lets through.
+    checker lets through. A ModelProto is taken as :func:`stub_proto` wrote it (a caller that
+    checks one model twice builds the stub once).
     """
-    proto = stub_proto(model)
+    proto = model if isinstance(model, onnx.ModelProto) else stub_proto(model)
     try:
         onnx.checker.check_model(proto, full_check=full)
     # onnx raises ValueError too, for an attribute naming an element type that does not exist
@@ -91,10 +92,11 @@ def check_input_model(model: Model, *, runtime: bool = True, unchanged: bool = F
     _check_dims(model)
     _check_domains(model)
     _check_no_recursion(model)
-    check_model(model, full=False)
+    stub = stub_proto(model)
+    check_model(stub, full=False)
     supported = _opsets_covering(model.opset)
     try:
-        check_model(model, full=True)
+        check_model(stub, full=True)
     except InvalidModelError as exc:
         strict_problem: InvalidModelError | None = exc
     else:
