@@ -12,7 +12,14 @@ from onnx import TensorProto, helper
 
 from onnxslim.errors import EXIT_INTERNAL, PassCrashError, PassError, VerificationError
 from onnxslim.model import load
-from onnxslim.pipeline import FixedPoint, Pass, PassContext, PassManager, _attribute_docs
+from onnxslim.pipeline import (
+    FixedPoint,
+    Pass,
+    PassContext,
+    PassManager,
+    _attribute_docs,
+    _in_topological_order,
+)
 from onnxslim.registry import parse_pipeline
 
 
@@ -260,3 +267,60 @@ def test_keep_if_valid_keeps_a_valid_rewrite():
 
     assert keep_if_valid(ctx, drop_identity, "dropper") is True
     assert [n.op for n in model.graph.nodes] == ["Relu", "Add"]
+
+
+@dataclass
+class AppendsRelu(Pass):
+    """Inserts a Relu before the Add by appending it to the node list (out of order), as a
+    rewrite that builds a new node does."""
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
+        add = next(node for node in graph.nodes if node.op == "Add")
+        source = add.inputs[0]
+        relu_out = gs.Variable("relu_out", dtype=source.dtype, shape=source.shape)
+        graph.nodes.append(gs.Node("Relu", inputs=[source], outputs=[relu_out]))
+        add.inputs[0] = relu_out
+        return True
+
+
+AppendsRelu.name = "appends-relu"
+
+
+@dataclass
+class RewiresToInput(Pass):
+    """Makes the Add read the graph input: the order stays topological."""
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> bool:
+        add = next(node for node in graph.nodes if node.op == "Add")
+        add.inputs[0] = graph.inputs[0]
+        return True
+
+
+RewiresToInput.name = "rewires-to-input"
+
+
+def test_a_pass_that_appends_a_node_out_of_order_leaves_a_sorted_graph() -> None:
+    model = _relu_chain()
+    PassManager([AppendsRelu()]).run(model)
+    order = [node.op for node in model.graph.nodes]
+    assert order.index("Relu", order.index("Identity") + 1) < order.index("Add")
+    assert _in_topological_order(model.graph)
+
+
+def test_an_order_that_is_already_topological_is_recognised_and_kept() -> None:
+    model = _relu_chain()
+    assert _in_topological_order(model.graph)
+    PassManager([RewiresToInput()]).run(model)
+    assert [node.op for node in model.graph.nodes] == ["Add"]  # the rest is unused
+    model.graph.nodes.reverse()
+    assert _in_topological_order(model.graph)  # one node
+    graph = _relu_chain().graph
+    graph.nodes.reverse()
+    assert not _in_topological_order(graph)
+
+
+def test_a_graph_with_a_subgraph_is_always_sorted_by_gs() -> None:
+    graph = _relu_chain().graph
+    body = gs.Graph(nodes=[], inputs=[], outputs=[graph.inputs[0]])
+    graph.nodes[0].attrs["body"] = body
+    assert not _in_topological_order(graph)
