@@ -70,6 +70,10 @@ _EXTERNAL_DATA_FOLDER_SINCE = (1, 20)
 # Below this a model goes to onnxruntime as bytes; above it, through a file (protobuf's 2 GiB
 # limit, less room for the graph itself).
 _BYTES_LIMIT = 2**31 - 1 - 64 * 2**20
+# Weights held in memory (or computed when read) go to onnxruntime in a proto only below
+# this: a proto holds them once more, its serialization again, and onnxruntime a third time;
+# from a file written with external data onnxruntime holds the only other copy.
+_COPY_LIMIT = 256 * 2**20
 
 
 def require_onnxruntime() -> ModuleType:
@@ -203,12 +207,12 @@ def open_session(
 
     ``model`` is an onnxslim ``Model``, a ``ModelProto``, serialized bytes or a path. The
     tensors named in ``expose`` become extra outputs (intermediate values for calibration,
-    guards and importance scores); the model itself is not changed. Models that fit
-    protobuf's 2 GiB go to onnxruntime in memory, with untouched external weights read from
-    their own folder; larger ones are written with external data to a temporary folder that
-    is removed when the block ends. ``optimize``, ``threads``, ``tf32`` and
-    ``memory_pattern`` are :func:`create_session`'s. This is the one way passes build
-    sessions::
+    guards and importance scores); the model itself is not changed. Models that hold
+    under 256 MiB of weights in memory go to onnxruntime as a proto, with untouched external
+    weights read from their own folder; others are written with external data to a temporary
+    folder that is removed when the block ends (a proto would copy those weights twice
+    more). ``optimize``, ``threads``, ``tf32`` and ``memory_pattern`` are
+    :func:`create_session`'s. This is the one way passes build sessions::
 
         with open_session(model, expose=["conv1_out"], optimize=False) as session:
             values = run(session, feeds)
@@ -239,7 +243,7 @@ def _session_source(
 ) -> tuple[bytes | Path, Path | None]:
     """What ``create_session`` reads for ``model``: bytes (and the folder of their external
     data), or the path of a file."""
-    from onnxslim.model import Model, load, save, to_proto
+    from onnxslim.model import Model, copied_bytes, load, save, to_proto
 
     if isinstance(model, bytes | bytearray):
         if not exposed:
@@ -258,10 +262,11 @@ def _session_source(
         raise TypeError(f"cannot open a session for a {type(model).__name__}")
 
     folder = model.base_dir if _reads_external_folder() else None
-    proto = to_proto(model, keep_external=folder is not None)
-    if proto.ByteSize() < _BYTES_LIMIT:
-        return _with_outputs(proto, exposed), folder
-    del proto
+    if copied_bytes(model, keep_external=folder is not None) < _COPY_LIMIT:
+        proto = to_proto(model, keep_external=folder is not None)
+        if proto.ByteSize() < _BYTES_LIMIT:
+            return _with_outputs(proto, exposed), folder
+        del proto
     workdir = Path(cleanup.enter_context(_temporary_folder()))
     path = save(model, workdir / "model.onnx", external_data=True)
     if exposed:
