@@ -461,7 +461,9 @@ class _Plan:
             if node.op == "Cast":
                 node.attrs["to"] = self.low_type
             elif node.op == "Constant":
-                node.attrs["value"] = _converted_constant(node.attrs["value"], self.low_type, names)
+                node.attrs["value"] = _converted_constant(
+                    node.attrs["value"], self.low_type, names, attribute=True
+                )
             for i in self.positions[id(node)][1]:
                 tensor = node.outputs[i]
                 if tensor in graph.outputs and keep_io_types:
@@ -541,19 +543,28 @@ def _cast_node(source: gs.Tensor, target: gs.Tensor, to: int, names: set[str]) -
     return gs.Node("Cast", name, attrs={"to": to}, inputs=[source], outputs=[target])
 
 
-def _converted_constant(tensor: gs.Constant, to: int, names: set[str]) -> gs.Constant:
+def _converted_constant(
+    tensor: gs.Constant, to: int, names: set[str], *, attribute: bool = False
+) -> gs.Constant:
     """``tensor`` in type ``to``. Weights still in a file (or in the loaded proto) are
     converted when read or written, one at a time, so that a converted copy of every weight
-    is never held beside the model: float16 on a 3 GB model would otherwise hold 1.6 GB."""
+    is never held beside the model: float16 on a 3 GB model would otherwise hold 1.6 GB.
+    A Constant node's ``attribute`` is converted now: graph exporters write attribute
+    tensors as they are, and only the model writers compute DerivedValues."""
     name = fresh_name(f"{tensor.name}_{_suffix(to)}", names)
     values = tensor._values
-    if isinstance(values, LazyValues) and not isinstance(values, SparseValues):
+    lazy = isinstance(values, LazyValues) and not isinstance(values, SparseValues)
+    if lazy and not attribute:
         header = onnx.TensorProto(name=name, data_type=to, dims=list(values.shape))
         source = gs.Constant(tensor.name, values)  # not ``tensor``, whose values may change
         return gs.Constant(
             name, DerivedValues(header, lambda: _converted_bits(read_constant(source), to), values)
         )
     converted = _converted_bits(read_constant(tensor), to)
+    if to == TensorProto.BFLOAT16 and attribute:
+        proto = onnx.TensorProto(name=name, data_type=to, dims=list(converted.shape))
+        proto.raw_data = converted.tobytes()
+        return gs.Constant(name, LazyValues(proto))
     if to == TensorProto.BFLOAT16:
         header = onnx.TensorProto(name=name, data_type=to, dims=list(converted.shape))
         return gs.Constant(name, DerivedValues(header, lambda: converted, converted))
