@@ -261,43 +261,66 @@ class HeldOut:
         each of ``keys`` in ``quantized`` against the float model's."""
         keys = list(keys)
         local, accumulated = SqnrAccumulator(), SqnrAccumulator()
-        reference: list[dict[str, np.ndarray]] = []
-        results: list[dict[str, np.ndarray]] = []
-        # One session at a time, each freed before the next: the float model's layer outputs
-        # wait on disk for the quantized model's (for a 3 GB decoder, hundreds of MB per
-        # sample), and the sessions' weights are never held together.
+        # One session at a time, each freed before the next (a session is held only by the
+        # method that runs it): the float model's layer outputs wait on disk for the quantized
+        # model's (for a 3 GB decoder, hundreds of MB per sample), and the sessions' weights
+        # are never held together.
         with tempfile.TemporaryDirectory(prefix="onnxslim-heldout-") as folder:
             spill = _LayerOutputs(Path(folder), keys)
-            with open_session(
-                reference_model, expose=[*keys, *pairs.values()], memory_pattern=False
-            ) as session:
-                for feed, count in self.batches:
-                    # One sample at a time: the exposed tensors of a whole batch could be large.
-                    floats = []
-                    for single in _rows(feed, count):
-                        exposed = run(session, single)
-                        for key, shadow in pairs.items():
-                            if key in exposed and shadow in exposed:
-                                local.add(key, exposed[key], exposed[shadow])
-                        spill.put(exposed)
-                        floats.append({name: exposed[name] for name in self.outputs})
-                        del exposed
-                    reference.append(_joined(floats, session, feed, self.outputs))
-            with open_session(quantized, expose=keys, memory_pattern=False) as session:
-                sample = 0
-                for feed, count in self.batches:
-                    values = []
-                    for single in _rows(feed, count):
-                        exposed = run(session, single)
-                        for key, stored in spill.get(sample):
-                            if key in exposed:
-                                accumulated.add(key, stored, exposed[key])
-                        sample += 1
-                        values.append({name: exposed[name] for name in self.outputs})
-                        del exposed
-                    results.append(_joined(values, session, feed, self.outputs))
-        self.reference = reference
+            self.reference = self._run_reference(reference_model, keys, pairs, spill, local)
+            results = self._run_quantized(quantized, keys, spill, accumulated)
         return self._compare(results), local.result(), accumulated.result()
+
+    def _run_reference(
+        self,
+        model: Model,
+        keys: list[str],
+        pairs: Mapping[str, str],
+        spill: _LayerOutputs,
+        local: SqnrAccumulator,
+    ) -> list[dict[str, np.ndarray]]:
+        """The float outputs per batch; each shadow's SQNR goes to ``local`` and the layer
+        outputs to ``spill``."""
+        reference = []
+        with open_session(model, expose=[*keys, *pairs.values()], memory_pattern=False) as session:
+            for feed, count in self.batches:
+                # One sample at a time: the exposed tensors of a whole batch could be large.
+                floats = []
+                for single in _rows(feed, count):
+                    exposed = run(session, single)
+                    for key, shadow in pairs.items():
+                        if key in exposed and shadow in exposed:
+                            local.add(key, exposed[key], exposed[shadow])
+                    spill.put(exposed)
+                    floats.append({name: exposed[name] for name in self.outputs})
+                    del exposed
+                reference.append(_joined(floats, session, feed, self.outputs))
+        return reference
+
+    def _run_quantized(
+        self,
+        model: Model,
+        keys: list[str],
+        spill: _LayerOutputs,
+        accumulated: SqnrAccumulator,
+    ) -> list[dict[str, np.ndarray]]:
+        """The quantized outputs per batch; each layer output's SQNR against the float one
+        that ``spill`` holds goes to ``accumulated``."""
+        results = []
+        with open_session(model, expose=keys, memory_pattern=False) as session:
+            sample = 0
+            for feed, count in self.batches:
+                values = []
+                for single in _rows(feed, count):
+                    exposed = run(session, single)
+                    for key, stored in spill.get(sample):
+                        if key in exposed:
+                            accumulated.add(key, stored, exposed[key])
+                    sample += 1
+                    values.append({name: exposed[name] for name in self.outputs})
+                    del exposed
+                results.append(_joined(values, session, feed, self.outputs))
+        return results
 
     def quality(self, model: Model) -> Quality:
         """The agreement of ``model``'s outputs with the float model's (after ``profile``)."""
