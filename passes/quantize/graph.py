@@ -40,11 +40,11 @@ import onnx_graphsurgeon as gs
 from onnxslim.passes.quantize.gptq import gptq
 from onnxslim.passes.quantize.layers import Layer, WeightSource, is_float_variable
 from onnxslim.passes.quantize.numerics import (
+    PackedInt4,
     QuantParams,
     QuantType,
     bias_params,
     blockwise_params,
-    pack_int4,
     quantization_sqnr,
     quantize,
     weight_params,
@@ -162,7 +162,7 @@ def _share_concat_parameters(concat: gs.Node, marks: dict[str, str | None]) -> N
 class QuantizedWeight:
     """A weight's integers and parameters, and how close they come to the float values."""
 
-    values: np.ndarray
+    values: np.ndarray | PackedInt4
     params: QuantParams
     sqnr: float
 
@@ -194,6 +194,8 @@ class WeightCache:
                 params = weight_params(weights, config.qtype, layout)
                 values = quantize(weights, params)
             sqnr = quantization_sqnr(weights, values, params)
+            if config.qtype.name == "int4":
+                values = PackedInt4.of(values)
             self._entries[key] = QuantizedWeight(values, params, sqnr)
         return self._entries[key]
 
@@ -230,17 +232,15 @@ class GraphBuilder:
     def name(self, base: str) -> str:
         return fresh_name(base, self.taken)
 
-    def constant(self, base: str, values: np.ndarray, qtype: QuantType | None = None):
+    def constant(self, base: str, values: np.ndarray | PackedInt4, qtype: QuantType | None = None):
         if qtype is not None and qtype.name == "int4":
+            packed = values if isinstance(values, PackedInt4) else PackedInt4.of(values)
             header = onnx.TensorProto(
-                name=self.name(base), data_type=qtype.onnx_type, dims=list(values.shape)
+                name=self.name(base), data_type=qtype.onnx_type, dims=list(packed.shape)
             )
-            # Packed when written or read: a packed copy per variant built, held until the
-            # model is written, was 354 MB per variant on GPT-2-large.
-            return gs.Constant(
-                header.name,
-                DerivedValues(header, lambda: np.frombuffer(pack_int4(values), np.uint8), values),
-            )
+            # The cached bytes, written as they are: a packed copy per variant built, held
+            # until the model is written, was 354 MB per variant on GPT-2-large.
+            return gs.Constant(header.name, DerivedValues(header, lambda: packed.data, packed))
         # No copy: the cached integer weights are shared by every variant built.
         return gs.Constant(self.name(base), np.asarray(values, order="C"))
 

@@ -25,6 +25,7 @@ __all__ = [
     "dequantize",
     "quantization_sqnr",
     "bias_params",
+    "PackedInt4",
     "pack_int4",
     "unpack_int4",
 ]
@@ -410,6 +411,24 @@ def pack_int4(values: np.ndarray) -> bytes:
     if flat.size % 2:
         flat = np.append(flat, np.uint8(0))
     return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+@dataclass(frozen=True)
+class PackedInt4:
+    """int4 integers two to a byte (:func:`pack_int4`'s layout) and their shape: how quantized
+    int4 weights are kept between the variants built, in half the memory of one int8 each
+    (GPT-2-large: 354 MB instead of 708). ``np.asarray`` gives the integers back."""
+
+    data: np.ndarray
+    shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> PackedInt4:
+        return cls(np.frombuffer(pack_int4(values), np.uint8), tuple(np.shape(values)))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        values = unpack_int4(self.data, self.shape)
+        return values if dtype is None else values.astype(dtype)
 
 
 def unpack_int4(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
