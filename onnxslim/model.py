@@ -44,6 +44,7 @@ gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 
 __all__ = [
     "ModelSource",
+    "DerivedValues",
     "copy_graph",
     "Model",
     "load",
@@ -53,6 +54,7 @@ __all__ = [
     "write_staged",
     "refuse_overwriting_sources",
     "to_proto",
+    "copied_bytes",
     "stub_proto",
     "read_constant",
     "read_constant_bytes",
@@ -287,6 +289,38 @@ class ExternalValues(LazyValues):
         return np.array(numpy_helper.to_array(_inlined(self.tensor, self.base_dir)))
 
 
+class DerivedValues(LazyValues):
+    """LazyValues computed from another constant's values each time they are read: a pass
+    that converts every weight (float16, say) gives each converted constant these instead of
+    an array, so that the converted copy of the weights is never held at once. The writers
+    ask for one tensor's bytes at a time, while writing it.
+
+    ``header`` is a data-less TensorProto (name, type, shape); ``raw`` returns an array whose
+    bytes are the tensor's raw data, in that type and shape; ``source`` is the values object
+    it reads (kept so that the files it reads stay protected from being overwritten).
+    """
+
+    def __init__(
+        self, header: onnx.TensorProto, raw: Callable[[], np.ndarray], source: object
+    ) -> None:
+        super().__init__(header)
+        self.raw = raw
+        self.source = source
+
+    def load(self) -> np.ndarray:
+        numpy_type = get_numpy_type(self.tensor.data_type)
+        if numpy_type is not None and _raw_is_native(np.dtype(numpy_type)):
+            return self.raw().view(numpy_type)
+        return numpy_helper.to_array(self.proto())
+
+    def proto(self) -> onnx.TensorProto:
+        """The whole TensorProto, data included (computed now)."""
+        whole = onnx.TensorProto()
+        whole.CopyFrom(self.tensor)
+        whole.raw_data = byte_view(np.ascontiguousarray(self.raw())).tobytes()
+        return whole
+
+
 @dataclass
 class Model:
     """A graph to transform, with what must survive the round trip around it.
@@ -341,6 +375,8 @@ class Model:
         files = set()
         for tensor in all_constants(self.graph):
             values = tensor._values
+            if isinstance(values, DerivedValues):
+                values = values.source
             if isinstance(values, ExternalValues):
                 location = _external_entries(values.tensor)[0]
                 files.add(external_data_file(values.base_dir, location))
@@ -440,6 +476,9 @@ def read_constant_bytes(tensor: gs.Constant, limit: int | None = None) -> bytes 
     values = tensor._values
     if isinstance(values, ExternalValues):
         return read_external(values.tensor, values.base_dir, limit)
+    if isinstance(values, DerivedValues):
+        data = byte_view(np.ascontiguousarray(values.raw()))
+        return data if limit is None else data[:limit]
     if (
         isinstance(values, LazyValues)
         and not isinstance(values, SparseValues)
@@ -1239,6 +1278,17 @@ def to_proto(model: Model, *, keep_external: bool = False) -> onnx.ModelProto:
     return proto
 
 
+def copied_bytes(model: Model, *, keep_external: bool = False) -> int:
+    """Bytes of constant data that :func:`to_proto` would copy into the proto (external data
+    that stays a reference is not copied): what choosing between a proto and a file for
+    handing a model to a runtime turns on."""
+    return sum(
+        constant_nbytes(t)
+        for t in all_constants(model.graph)
+        if not (keep_external and _is_external_in(t, model.base_dir))
+    )
+
+
 def _is_external_in(constant: gs.Constant, base_dir: Path | None) -> bool:
     """Whether a constant's bytes are in an external file under ``base_dir``, checked again
     (external_ref) since a runtime is about to read them itself."""
@@ -1605,6 +1655,13 @@ class _InlineTensor:
     @classmethod
     def of(cls, constant: gs.Constant, base_dir: Path | None) -> _InlineTensor:
         values = constant._values
+        if isinstance(values, DerivedValues):
+            length = expected_nbytes(values.tensor)
+            return cls(
+                _head(values.tensor, constant.name),
+                length,
+                lambda: (byte_view(np.ascontiguousarray(values.raw())),),
+            )
         if isinstance(values, LazyValues) and not isinstance(values, SparseValues):
             tensor = values.tensor
             if _is_external(tensor):
@@ -1669,6 +1726,10 @@ def _head(tensor: onnx.TensorProto, name: str) -> bytes:
 def _source_proto(constant: gs.Constant) -> onnx.TensorProto:
     """The constant's TensorProto as loaded (external data still a reference), or built."""
     values = constant._values
+    if isinstance(values, DerivedValues):
+        whole = values.proto()
+        whole.name = constant.name
+        return whole
     if isinstance(values, LazyValues):
         values.tensor.name = constant.name
         return values.tensor

@@ -11,10 +11,13 @@ import onnx
 import pytest
 from conftest import classifier, make_model, run_model, tensor_info, text_model
 from onnx import TensorProto, helper
+from onnxslim.passes.float16 import Float16
 
 from onnxslim.api import optimize
 from onnxslim.errors import PipelineSpecError
 from onnxslim.inputs import input_specs, synthesize_inputs
+from onnxslim.model import load, to_proto
+from onnxslim.pipeline import PassManager
 
 FEED = {"image": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
 
@@ -133,6 +136,36 @@ def test_integer_inputs_and_casts_to_float_are_handled():
     actual = run_model(converted, feed)
     np.testing.assert_allclose(actual[0], expected[0], rtol=1e-2, atol=1e-2)
     np.testing.assert_array_equal(actual[1], expected[1])
+
+
+def _constant_node_model() -> onnx.ModelProto:
+    """y = x * c with c a Constant node (as TorchScript exports write them)."""
+    value = onnx.numpy_helper.from_array(np.array([0.5, 2.0, -1.0], np.float32), "c")
+    nodes = [
+        helper.make_node("Constant", [], ["c"], value=value),
+        helper.make_node("Mul", ["x", "c"], ["y"]),
+    ]
+    return make_model(
+        nodes,
+        [tensor_info("x", TensorProto.FLOAT, [2, 3])],
+        [tensor_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_constant_nodes_loaded_from_a_file_are_converted_with_their_values(dtype, tmp_path):
+    """A Constant node's value, read lazily from the file, is written into the node converted
+    and with its data (0.5, 2 and -1 are exact in both types)."""
+    path = tmp_path / "constant.onnx"
+    onnx.save(_constant_node_model(), path)
+    model = load(path)
+    (record,) = PassManager([Float16(dtype=dtype)]).run(model)
+    assert record.changed, record.notes
+    converted = to_proto(model)
+    (constant,) = [n for n in converted.graph.node if n.op_type == "Constant"]
+    assert constant.attribute[0].t.data_type == {"float16": 10, "bfloat16": 16}[dtype]
+    feed = {"x": np.array([[1.0, 2.0, 3.0], [-4.0, 0.5, 8.0]], np.float32)}
+    np.testing.assert_array_equal(run_model(converted, feed)[0], feed["x"] * [0.5, 2.0, -1.0])
 
 
 def test_bfloat16_schema_check_keeps_ops_without_a_bfloat16_form():

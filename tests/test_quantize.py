@@ -20,6 +20,7 @@ from onnxslim.passes.quantize.graph import WeightCache, WeightConfig
 from onnxslim.passes.quantize.layers import WeightSource
 from onnxslim.passes.quantize.numerics import (
     QUANT_TYPES,
+    PackedInt4,
     activation_params,
     pack_int4,
     quantization_sqnr,
@@ -171,6 +172,14 @@ def test_int4_packing_round_trips_with_the_first_value_in_the_low_nibble() -> No
     packed = pack_int4(values)
     assert len(packed) == 8  # 15 values, the last byte half used
     np.testing.assert_array_equal(unpack_int4(packed, (3, 5)), values)
+
+
+def test_packed_int4_weights_keep_half_a_byte_per_value_and_give_the_integers_back() -> None:
+    values = np.random.default_rng(1).integers(-8, 8, size=(3, 5)).astype(np.int8)
+    packed = PackedInt4.of(values)
+    assert packed.shape == (3, 5) and packed.data.nbytes == 8
+    np.testing.assert_array_equal(np.asarray(packed), values)
+    np.testing.assert_array_equal(np.asarray(packed, dtype=np.float32), values.astype(np.float32))
 
 
 # ------------------------------------------------------------------------------ placement

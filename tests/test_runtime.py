@@ -280,3 +280,26 @@ def test_input_check_imports_onnxruntime_only_for_opsets_past_every_supported_re
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == str(imported)
+
+
+def test_sessions_without_prepacking_reach_onnxruntime_and_compute_the_same(
+    weighted_model, tmp_path
+):
+    """prepack=False is onnxruntime's own setting on the session, and a float model's
+    outputs do not depend on it."""
+    x, hidden = _expected_hidden(weighted_model)
+    path = tmp_path / "external.onnx"
+    onnx.save(weighted_model, path, save_as_external_data=True, size_threshold=0)
+    outputs = {}
+    for prepack in (True, False):
+        with open_session(load(path), expose=["hidden"], prepack=prepack) as session:
+            options = session.get_session_options()
+            if prepack:
+                with pytest.raises(Exception, match="disable_prepacking"):
+                    options.get_session_config_entry("session.disable_prepacking")
+            else:
+                assert options.get_session_config_entry("session.disable_prepacking") == "1"
+            outputs[prepack] = run(session, {"x": x})
+    np.testing.assert_allclose(outputs[False]["hidden"], hidden, rtol=1e-6)
+    for name in ("y", "hidden"):
+        np.testing.assert_array_equal(outputs[False][name], outputs[True][name])

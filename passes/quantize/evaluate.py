@@ -20,9 +20,12 @@ A :class:`QualityFloor` says what is good enough: ``min_cosine`` for the former,
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -226,8 +229,8 @@ class _OutputAccumulator:
 class HeldOut:
     """The held-out samples and the float model's outputs on them.
 
-    ``profile`` runs the float model (with extra tensors exposed) and a quantized one side by
-    side, sample by sample, so that layer outputs of both are compared without keeping either;
+    ``profile`` runs the float model (with extra tensors exposed), then a quantized one,
+    sample by sample, and compares the layer outputs of both (the float ones wait on disk);
     ``quality`` compares another quantized variant's outputs with the stored float ones.
     """
 
@@ -258,32 +261,66 @@ class HeldOut:
         each of ``keys`` in ``quantized`` against the float model's."""
         keys = list(keys)
         local, accumulated = SqnrAccumulator(), SqnrAccumulator()
-        reference: list[dict[str, np.ndarray]] = []
-        results: list[dict[str, np.ndarray]] = []
-        expose = [*keys, *pairs.values()]
-        with (
-            open_session(reference_model, expose=expose, memory_pattern=False) as float_session,
-            open_session(quantized, expose=keys, memory_pattern=False) as quantized_session,
-        ):
+        # One session at a time, each freed before the next (a session is held only by the
+        # method that runs it): the float model's layer outputs wait on disk for the quantized
+        # model's (for a 3 GB decoder, hundreds of MB per sample), and the sessions' weights
+        # are never held together.
+        with tempfile.TemporaryDirectory(prefix="onnxslim-heldout-") as folder:
+            spill = _LayerOutputs(Path(folder), keys)
+            self.reference = self._run_reference(reference_model, keys, pairs, spill, local)
+            results = self._run_quantized(quantized, keys, spill, accumulated)
+        return self._compare(results), local.result(), accumulated.result()
+
+    def _run_reference(
+        self,
+        model: Model,
+        keys: list[str],
+        pairs: Mapping[str, str],
+        spill: _LayerOutputs,
+        local: SqnrAccumulator,
+    ) -> list[dict[str, np.ndarray]]:
+        """The float outputs per batch; each shadow's SQNR goes to ``local`` and the layer
+        outputs to ``spill``."""
+        reference = []
+        with open_session(model, expose=[*keys, *pairs.values()], memory_pattern=False) as session:
             for feed, count in self.batches:
                 # One sample at a time: the exposed tensors of a whole batch could be large.
-                floats, values = [], []
+                floats = []
                 for single in _rows(feed, count):
-                    exposed_float = run(float_session, single)
-                    exposed = run(quantized_session, single)
+                    exposed = run(session, single)
                     for key, shadow in pairs.items():
-                        if key in exposed_float and shadow in exposed_float:
-                            local.add(key, exposed_float[key], exposed_float[shadow])
-                    for key in keys:
-                        if key in exposed_float and key in exposed:
-                            accumulated.add(key, exposed_float[key], exposed[key])
-                    floats.append({name: exposed_float[name] for name in self.outputs})
+                        if key in exposed and shadow in exposed:
+                            local.add(key, exposed[key], exposed[shadow])
+                    spill.put(exposed)
+                    floats.append({name: exposed[name] for name in self.outputs})
+                    del exposed
+                reference.append(_joined(floats, session, feed, self.outputs))
+        return reference
+
+    def _run_quantized(
+        self,
+        model: Model,
+        keys: list[str],
+        spill: _LayerOutputs,
+        accumulated: SqnrAccumulator,
+    ) -> list[dict[str, np.ndarray]]:
+        """The quantized outputs per batch; each layer output's SQNR against the float one
+        that ``spill`` holds goes to ``accumulated``."""
+        results = []
+        with open_session(model, expose=keys, memory_pattern=False) as session:
+            sample = 0
+            for feed, count in self.batches:
+                values = []
+                for single in _rows(feed, count):
+                    exposed = run(session, single)
+                    for key, stored in spill.get(sample):
+                        if key in exposed:
+                            accumulated.add(key, stored, exposed[key])
+                    sample += 1
                     values.append({name: exposed[name] for name in self.outputs})
-                    del exposed_float, exposed
-                reference.append(_joined(floats, float_session, feed, self.outputs))
-                results.append(_joined(values, quantized_session, feed, self.outputs))
-        self.reference = reference
-        return self._compare(results), local.result(), accumulated.result()
+                    del exposed
+                results.append(_joined(values, session, feed, self.outputs))
+        return results
 
     def quality(self, model: Model) -> Quality:
         """The agreement of ``model``'s outputs with the float model's (after ``profile``)."""
@@ -348,6 +385,30 @@ class HeldOut:
             acc.rows += want.shape[0]
         pairs = zip(want, got, strict=True) if rows else [(want, got)]
         acc.cosines.extend(_cosine(a, b) for a, b in pairs)
+
+
+class _LayerOutputs:
+    """The float model's values of ``keys``, one file per sample in ``folder``, read back
+    memory-mapped."""
+
+    def __init__(self, folder: Path, keys: list[str]) -> None:
+        self.folder = folder
+        self.keys = keys
+        self.count = 0
+
+    def put(self, exposed: Mapping[str, np.ndarray]) -> None:
+        present = [key for key in self.keys if key in exposed]
+        with open(self.folder / f"{self.count}.npz", "wb") as handle:
+            np.savez(handle, *(exposed[key] for key in present))
+        (self.folder / f"{self.count}.json").write_text(json.dumps(present))
+        self.count += 1
+
+    def get(self, index: int) -> Iterator[tuple[str, np.ndarray]]:
+        """Sample ``index``'s values, one at a time."""
+        present = json.loads((self.folder / f"{index}.json").read_text())
+        with np.load(self.folder / f"{index}.npz") as stored:
+            for i, key in enumerate(present):
+                yield key, stored[f"arr_{i}"]
 
 
 def _rows(feed: Mapping[str, np.ndarray], count: int) -> list[dict[str, np.ndarray]]:

@@ -37,21 +37,20 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnxslim.passes.quantize.gptq import gptq
 from onnxslim.passes.quantize.layers import Layer, WeightSource, is_float_variable
 from onnxslim.passes.quantize.numerics import (
+    PackedInt4,
     QuantParams,
     QuantType,
     bias_params,
     blockwise_params,
-    pack_int4,
     quantization_sqnr,
     quantize,
     weight_params,
 )
 
-from onnxslim.model import read_constant
+from onnxslim.model import DerivedValues, read_constant
 from onnxslim.rewrite import STANDARD_DOMAINS, fresh_name
 
 __all__ = [
@@ -163,7 +162,7 @@ def _share_concat_parameters(concat: gs.Node, marks: dict[str, str | None]) -> N
 class QuantizedWeight:
     """A weight's integers and parameters, and how close they come to the float values."""
 
-    values: np.ndarray
+    values: np.ndarray | PackedInt4
     params: QuantParams
     sqnr: float
 
@@ -195,6 +194,8 @@ class WeightCache:
                 params = weight_params(weights, config.qtype, layout)
                 values = quantize(weights, params)
             sqnr = quantization_sqnr(weights, values, params)
+            if config.qtype.name == "int4":
+                values = PackedInt4.of(values)
             self._entries[key] = QuantizedWeight(values, params, sqnr)
         return self._entries[key]
 
@@ -231,14 +232,15 @@ class GraphBuilder:
     def name(self, base: str) -> str:
         return fresh_name(base, self.taken)
 
-    def constant(self, base: str, values: np.ndarray, qtype: QuantType | None = None):
+    def constant(self, base: str, values: np.ndarray | PackedInt4, qtype: QuantType | None = None):
         if qtype is not None and qtype.name == "int4":
-            tensor = onnx.TensorProto()
-            tensor.name = self.name(base)
-            tensor.data_type = qtype.onnx_type
-            tensor.dims.extend(values.shape)
-            tensor.raw_data = pack_int4(values)
-            return gs.Constant(tensor.name, LazyValues(tensor))
+            packed = values if isinstance(values, PackedInt4) else PackedInt4.of(values)
+            header = onnx.TensorProto(
+                name=self.name(base), data_type=qtype.onnx_type, dims=list(packed.shape)
+            )
+            # The cached bytes, written as they are: a packed copy per variant built, held
+            # until the model is written, was 354 MB per variant on GPT-2-large.
+            return gs.Constant(header.name, DerivedValues(header, lambda: packed.data, packed))
         # No copy: the cached integer weights are shared by every variant built.
         return gs.Constant(self.name(base), np.asarray(values, order="C"))
 
@@ -246,7 +248,7 @@ class GraphBuilder:
         """Scale and zero point constants (no zero point for symmetric int4 and signed
         block-wise weights: it is 0 by default and onnxruntime's MatMulNBits fusion reads it
         that way; int4 zero points are packed like the weights)."""
-        scale = self.constant(f"{base}_scale", params.scale.astype(np.float32))
+        scale = self.constant(f"{base}_scale", params.scale.astype(np.float32, copy=False))
         signed_blocks = params.block_size is not None or params.qtype.name == "int4"
         if signed_blocks and params.qtype.qmin < 0 and not params.zero_point.any():
             return [scale]
