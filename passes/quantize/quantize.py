@@ -67,6 +67,7 @@ from onnxslim.passes.quantize.layers import (
     Layer,
     column_axis,
     find_layers,
+    integer_flow,
     tied_layers,
 )
 from onnxslim.passes.quantize.numerics import QUANT_TYPES, QuantParams, QuantType, activation_params
@@ -364,6 +365,8 @@ class Quantize(Pass):
             layers = [layer for layer in layers if layer.op != "Gather"]
         tied = {id(layer) for layer in tied_layers(graph, layers)}
         layers = [layer for layer in layers if id(layer) not in tied]
+        if _static(activations):
+            layers = integer_flow(graph, layers)
         if activations == "dynamic":
             layers = [layer for layer in layers if supports_dynamic(layer) or layer.op == "Gather"]
             for layer in layers:
@@ -803,7 +806,8 @@ class _Builds:
     def _layers(self, graph: gs.Graph, keep_float: set[str]) -> list[Layer]:
         layers, _ = self.options._layers(graph, self.activations)
         skipped = keep_float | self.float_only
-        return [layer for layer in layers if layer.key not in skipped]
+        layers = [layer for layer in layers if layer.key not in skipped]
+        return integer_flow(graph, layers) if self.static and skipped else layers
 
     def _weight(self, layer: Layer):
         return layer_weight(layer, self.config, self.params, self.static, self.cache)
