@@ -340,9 +340,9 @@ def integer_flow(graph: gs.Graph, layers: list[Layer]) -> list[Layer]:
     Left float between the DequantizeLinear of one integer kernel and the QuantizeLinear of
     the next, the chain computes on the dequantized values, and the model has one rounding
     point per weight layer: PP-OCRv4's recognizer, every layer quantized, agrees with fp32 on
-    95.7% of frames instead of 92.3%. Residual Adds and Concats between Convs keep their
-    integer kernels. Removing one layer can strand its neighbours, so this runs to a fixed
-    point.
+    96.05% of the frames of 64 held-out lines instead of 92.31% (README). Residual Adds and
+    Concats between Convs keep their integer kernels. Removing one layer can strand its
+    neighbours, so this runs to a fixed point.
     """
     kept = {id(layer.node): layer for layer in layers}
     outputs = {id(t) for t in graph.outputs}
