@@ -20,7 +20,8 @@ the same calibration samples as ours.
   interleaved rounds.
 
 Run with ``.venv/bin/python bench/quantize.py`` (``--quick``: fewer held-out samples and latency
-runs; ``--models``; ``--json PATH``; ``--workdir DIR`` keeps the models). The models and data
+runs; ``--models``; ``--best SPEC``: other options for the "ours best" row; ``--json PATH``;
+``--workdir DIR`` keeps the models). The models and data
 come from ``bench/real_models.py`` (``.venv-export/bin/python bench/real_models.py
 --prepare`` makes them, after ``bash bench/setup_peers.sh export``); GPT-2 is exported by
 ``bench/export_models.py``.
@@ -34,7 +35,7 @@ import math
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -449,6 +450,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=[*CASES, "guard"],
         help="Cases to run (default: all).",
     )
+    parser.add_argument(
+        "--best",
+        metavar="SPEC",
+        help="Quantize options for the 'ours best' row instead of each model's best flags, "
+        "e.g. 'guard=false, min_cosine=0, min_top1=0' (every layer quantized).",
+    )
     parser.add_argument("--json", type=Path, help="Write the results as JSON here.")
     parser.add_argument("--workdir", type=Path, help="Keep the quantized models here.")
     return parser.parse_args(argv)
@@ -467,7 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if name == "guard":
                 guard = guard_cost(folder, 1 if args.quick else 3, log)
             else:
-                results[name] = bench_case(CASES[name](), folder, held_out, runs, log)
+                case = CASES[name]()
+                if args.best is not None:
+                    case = replace(case, best=args.best)
+                results[name] = bench_case(case, folder, held_out, runs, log)
     finally:
         if owned:
             shutil.rmtree(folder, ignore_errors=True)

@@ -13,7 +13,13 @@ from conftest import make_model, run_model, tensor_info
 from onnx import TensorProto, helper, numpy_helper
 from onnxslim.passes.infer_shapes import InferShapes
 from onnxslim.passes.quantize import AlreadyQuantizedError, Quantize
-from onnxslim.passes.quantize.evaluate import OutputQuality, Quality, QualityFloor
+from onnxslim.passes.quantize.evaluate import (
+    OutputQuality,
+    Quality,
+    QualityFloor,
+    mean_lower_bound,
+    wilson_lower_bound,
+)
 from onnxslim.passes.quantize.guard import keep_float_until
 from onnxslim.passes.quantize.layers import find_layers
 from onnxslim.passes.quantize.smooth import smooth, smoothing_groups
@@ -256,15 +262,17 @@ def _causal_attention() -> onnx.ModelProto:
 def test_a_minus_inf_causal_mask_survives(tmp_path: Path, activations: str) -> None:
     model = _causal_attention()
     calib = _save_calib(tmp_path, x=_normal((24, 1, 6, 8), 5))
-    proto, record = _quantized(model, activations=activations, calib=calib)
+    proto, _ = _quantized(model, activations=activations, calib=calib)
     feeds = {"x": _normal((3, 6, 8), 6)}
     expected, probs = run_model(model, feeds)
     got, got_probs = run_model(proto, feeds)
     future = ~np.tril(np.ones((6, 6), bool))
     assert np.all(got_probs[:, future] == 0)  # no position attends to a later one
     assert _cosine(expected, got) > 0.98 and _cosine(probs, got_probs) > 0.98
-    if activations == "uint8":  # the Add with the mask would be a QLinearAdd otherwise
-        assert any("hold infinities" in note and "mask" in note for note in record.notes)
+    # The mask never enters a Q/DQ pair: the Add that reads it is no integer kernel (its other
+    # input, the scores, go to a float Softmax) and the sentinel rule keeps it float otherwise.
+    quantized = {node.input[0] for node in proto.graph.node if node.op_type == "QuantizeLinear"}
+    assert not quantized & {"mask", "masked"}
 
 
 def test_calibration_counts_infinities_apart_from_the_range() -> None:
@@ -413,6 +421,62 @@ def test_the_floor_is_measured_on_held_out_samples(tmp_path: Path) -> None:
     _, record = _quantized(_spiky_model(), activations="uint8", calib=calib, samples=32)
     assert record.metrics["held-out samples"] == 8  # samples beyond the 32 for ranges
     assert any(note.startswith("held-out quality: ") for note in record.notes)
+
+
+def _one_lucky_sample_model() -> onnx.ModelProto:
+    """Two linear layers on 4 positions of 32 features; the first weighs feature 0 a tenth
+    as much as the others, so a spike there is harmless in float but clipped by its input's
+    calibrated range."""
+    w1 = _normal((32, 64), 1, 0.2)
+    w1[0] /= 10.0
+    return make_model(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        [tensor_info("x", FLOAT, ["N", 4, 32])],
+        [tensor_info("y", FLOAT, ["N", 4, 16])],
+        {"w1": w1, "w2": _normal((64, 16), 2, 0.2)},
+    )
+
+
+def test_the_floor_is_met_by_a_lower_bound_not_the_mean() -> None:
+    """15 samples near 1 and one at 0.88: the mean (0.9920) clears 0.99, the mean less two
+    standard errors (0.9771) does not; 16 of 16 predictions bound agreement at 0.80 only."""
+    cosines = [0.9995] * 15 + [0.88]
+    bound = mean_lower_bound(cosines)
+    assert np.mean(cosines) >= 0.99 > bound == pytest.approx(0.9771, abs=1e-4)
+    assert mean_lower_bound([0.995]) == 0.995  # one sample: no spread to bound by
+    noisy = OutputQuality("y", float(np.mean(cosines)), 0.88, cosine_bound=bound)
+    assert "lower bound 0.9771" in noisy.misses(QualityFloor(0.99))
+    assert OutputQuality("y", float(np.mean(cosines)), 0.88).misses(QualityFloor(0.99)) is None
+    assert wilson_lower_bound(16, 16) == pytest.approx(0.80)
+    assert wilson_lower_bound(190, 200) == pytest.approx(0.910, abs=1e-3)
+    # Below ~196 predictions no count bounds agreement at 0.98: all must then agree.
+    classifier = OutputQuality("p", None, None, top1=15 / 16, top1_count=16)
+    assert "top-1 agreement 93.75% (lower bound 71.08% of 16) < 80.00%" in classifier.misses(
+        QualityFloor(0.99, 0.98)
+    )
+    assert OutputQuality("p", None, None, 1.0, top1_count=16).misses(QualityFloor()) is None
+
+
+def test_the_guard_does_not_accept_a_mean_lifted_by_lucky_samples(tmp_path: Path) -> None:
+    """One held-out sample in 16 spikes: every layer quantized, its cosine falls to 0.88 while
+    the others stay near 1. The mean (0.992) meets 0.99, and before the bound the guard kept
+    nothing float; its lower bound (0.978) does not, so the first layer stays float and the
+    result meets the floor by its bound."""
+    x = _normal((64, 1, 4, 32), 3)
+    x[56, 0, :, 0] = 40.0  # one of the 16 samples beyond the 48 calibrated on
+    calib = _save_calib(tmp_path, x=x)
+    options = {"activations": "uint8", "reduce_range": True, "calib": calib, "samples": 48}
+    with pytest.raises(QualityFloorError, match=r"cosine 0\.99\d+ \(lower bound 0\.97\d+\)"):
+        _quantized(_one_lucky_sample_model(), guard=False, **options)
+    proto, record = _quantized(_one_lucky_sample_model(), **options)
+    assert [row[0] for row in record.tables[0].rows if row[-1] == "accuracy guard"] == ["h"]
+    assert _initializers(proto)["w1"].data_type == FLOAT
+    assert record.metrics["held-out cosine bound"] >= 0.99
+    assert record.metrics["held-out cosine"] >= record.metrics["held-out cosine bound"]
 
 
 def test_the_guard_finds_a_planted_sensitive_layer_in_few_evaluations(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "Layer",
     "column_axis",
     "find_layers",
+    "integer_flow",
     "is_float_variable",
     "tied_layers",
 ]
@@ -54,6 +55,12 @@ DEFAULT_OPS = (
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul", "Gather")
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT_SOURCES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+# Ops whose integer kernel is worth its output's requantization only between other integer
+# kernels (see integer_flow).
+_JOIN_OPS = ("Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool")
+# Ops that carry integers through unchanged: a Q/DQ pair around them shares its parameters
+# (Relu: the next QuantizeLinear's zero point clips).
+_CARRY_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Relu")
 # Ops that only reinterpret a constant weight on its way to a layer.
 _VIEW_OPS = ("Transpose", "Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 
@@ -320,6 +327,70 @@ def find_layers(
         else:
             layers.append(layer)
     return layers, excluded
+
+
+def integer_flow(graph: gs.Graph, layers: list[Layer]) -> list[Layer]:
+    """``layers`` without the Add, Mul, Concat and pool layers that would requantize inside
+    a float chain: such a layer is kept only where every activation it reads comes out of
+    another kept layer and every node that reads its output is one.
+
+    Elsewhere its integer kernel costs a requantization of its output (and of any input that
+    a float op computed), each one rounding error more; a decomposed hard-swish and the
+    affine scale and shift after it (``x * clip(x + 3, 0, 6) / 6 * s + b``) would add five.
+    Left float between the DequantizeLinear of one integer kernel and the QuantizeLinear of
+    the next, the chain computes on the dequantized values, and the model has one rounding
+    point per weight layer: PP-OCRv4's recognizer, every layer quantized, agrees with fp32 on
+    96.05% of the frames of 64 held-out lines instead of 92.31% (README). Residual Adds and
+    Concats between Convs keep their integer kernels. Removing one layer can strand its
+    neighbours, so this runs to a fixed point.
+    """
+    kept = {id(layer.node): layer for layer in layers}
+    outputs = {id(t) for t in graph.outputs}
+    changed = True
+    while changed:
+        changed = False
+        for layer in list(kept.values()):
+            if layer.op in _JOIN_OPS and not _between_integer_kernels(layer, kept, outputs):
+                del kept[id(layer.node)]
+                changed = True
+    return [layer for layer in layers if id(layer.node) in kept]
+
+
+def _between_integer_kernels(layer: Layer, kept: dict[int, Layer], outputs: set[int]) -> bool:
+    node = layer.node
+    for index in layer.activations:
+        producer = _source_node(node.inputs[index])
+        if producer is None or id(producer) not in kept:
+            return False
+    readers = _reader_nodes(node.outputs[0], outputs)
+    return readers is not None and bool(readers) and all(id(r) in kept for r in readers)
+
+
+def _source_node(tensor: gs.Tensor) -> gs.Node | None:
+    """The node that computes ``tensor``, looking through ops that carry integers."""
+    while tensor.inputs:
+        producer = tensor.inputs[0]
+        if producer.op not in _CARRY_OPS or not producer.inputs:
+            return producer
+        tensor = producer.inputs[0]
+    return None
+
+
+def _reader_nodes(tensor: gs.Tensor, outputs: set[int]) -> list[gs.Node] | None:
+    """The nodes that read ``tensor``, looking through ops that carry integers; None when it
+    (or a carried copy) is a graph output, which stays float."""
+    if id(tensor) in outputs:
+        return None
+    readers: list[gs.Node] = []
+    for reader in tensor.outputs:
+        if reader.op in _CARRY_OPS and reader.outputs:
+            carried = _reader_nodes(reader.outputs[0], outputs)
+            if carried is None:
+                return None
+            readers.extend(carried)
+        else:
+            readers.append(reader)
+    return readers
 
 
 def tied_layers(graph: gs.Graph, layers: Iterable[Layer]) -> list[Layer]:

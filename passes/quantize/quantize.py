@@ -15,8 +15,10 @@ activations in one of three ways:
 (SmoothQuant, ``smooth``), exactly in float.
 
 Whatever the scheme, the result is measured on samples held out of calibration (``evaluate``):
-cosine similarity with the float model's outputs, top-1 agreement for classifiers. Below the
-floor (``min_cosine``, ``min_top1``) the accuracy guard keeps the most sensitive layers float
+cosine similarity with the float model's outputs, top-1 agreement for classifiers, each
+judged by a lower confidence bound over the held-out samples (mean less two standard errors;
+Wilson for top-1), so that a result is not accepted for being lucky on a few samples. Below
+the floor (``min_cosine``, ``min_top1``) the accuracy guard keeps the most sensitive layers float
 until it holds (``guard``: sensitivity from one extra run); when nothing short of keeping
 the whole model float holds, the pass raises QualityFloorError and nothing is written. A model
 that is already quantized is refused unless ``requantize=true``.
@@ -67,6 +69,7 @@ from onnxslim.passes.quantize.layers import (
     Layer,
     column_axis,
     find_layers,
+    integer_flow,
     tied_layers,
 )
 from onnxslim.passes.quantize.numerics import QUANT_TYPES, QuantParams, QuantType, activation_params
@@ -187,9 +190,11 @@ class Quantize(Pass):
     smooth: float | None = None
     """SmoothQuant strength alpha in [0, 1]: move activation outliers into the weights."""
     min_cosine: float | None = None
-    """Quality floor: held-out output cosine with the float model (default 0.99, int4 0.90)."""
+    """Quality floor: held-out output cosine with the float model (default 0.99, int4 0.90),
+    met by its lower bound (mean - 2 standard errors over the held-out samples)."""
     min_top1: float | None = 0.98
-    """Quality floor: held-out top-1 agreement, for classifier-like outputs."""
+    """Quality floor: held-out top-1 agreement, for classifier-like outputs, met by its Wilson
+    lower bound (capped at what full agreement on the held-out samples can show)."""
     guard: bool = True
     """Keep the least accurate layers float until the floor is met (else fail)."""
     requantize: bool = False
@@ -364,6 +369,8 @@ class Quantize(Pass):
             layers = [layer for layer in layers if layer.op != "Gather"]
         tied = {id(layer) for layer in tied_layers(graph, layers)}
         layers = [layer for layer in layers if id(layer) not in tied]
+        if _static(activations):
+            layers = integer_flow(graph, layers)
         if activations == "dynamic":
             layers = [layer for layer in layers if supports_dynamic(layer) or layer.op == "Gather"]
             for layer in layers:
@@ -638,7 +645,7 @@ class Quantize(Pass):
                 "activations=dynamic, or a lower min_cosine/min_top1"
             )
         ctx.log(
-            f"accuracy guard: {quality.describe()} with every layer quantized, below the floor; "
+            f"accuracy guard: with every layer quantized, {quality.describe()}, below the floor; "
             f"{len(found.kept)} layer(s) kept float ({found.evaluations} variants evaluated): "
             + ", ".join(found.kept)
         )
@@ -710,8 +717,10 @@ class Quantize(Pass):
         ctx.log(f"held-out quality: {quality.describe()}")
         ctx.metric("scheme", activations + (f"+smooth({attempt.alpha})" if attempt.alpha else ""))
         ctx.metric("held-out cosine", round(quality.cosine, 6))
+        ctx.metric("held-out cosine bound", round(quality.cosine_bound, 6))
         if quality.top1 is not None:
             ctx.metric("held-out top-1", round(quality.top1, 6))
+            ctx.metric("held-out top-1 bound", round(quality.top1_bound, 6))
         ctx.metric("held-out samples", quality.samples)
         ctx.metric("layers kept float", len(attempt.kept))
 
@@ -803,7 +812,8 @@ class _Builds:
     def _layers(self, graph: gs.Graph, keep_float: set[str]) -> list[Layer]:
         layers, _ = self.options._layers(graph, self.activations)
         skipped = keep_float | self.float_only
-        return [layer for layer in layers if layer.key not in skipped]
+        layers = [layer for layer in layers if layer.key not in skipped]
+        return integer_flow(graph, layers) if self.static and skipped else layers
 
     def _weight(self, layer: Layer):
         return layer_weight(layer, self.config, self.params, self.static, self.cache)
