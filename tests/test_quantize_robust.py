@@ -14,10 +14,12 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxslim.passes.infer_shapes import InferShapes
 from onnxslim.passes.quantize import AlreadyQuantizedError, Quantize
 from onnxslim.passes.quantize.evaluate import (
+    HeldOut,
     OutputQuality,
     Quality,
     QualityFloor,
     mean_lower_bound,
+    probability_outputs,
     wilson_lower_bound,
 )
 from onnxslim.passes.quantize.guard import keep_float_until
@@ -642,3 +644,43 @@ def test_a_weight_through_a_constant_node_is_found(tmp_path: Path) -> None:
     calib = _save_calib(tmp_path, x=_normal((16, 1, 32), 2))
     proto, _ = _quantized(model, activations="dynamic", calib=calib)
     assert "Constant" not in _ops(proto) and _ops(proto)["MatMulInteger"] == 1
+
+
+def _probability_map_model() -> onnx.ModelProto:
+    """A 1x1 Conv and a Sigmoid, reshaped: a per-pixel probability map like a text
+    detector's."""
+    return make_model(
+        [
+            helper.make_node("Conv", ["x", "w"], ["logits"]),
+            helper.make_node("Sigmoid", ["logits"], ["p"]),
+            helper.make_node("Reshape", ["p", "flat"], ["map"]),
+            helper.make_node("Conv", ["x", "w"], ["raw"]),
+        ],
+        [tensor_info("x", FLOAT, ["N", 4, 64, 64])],
+        [tensor_info("map", FLOAT, ["N", 4096]), tensor_info("raw", FLOAT, ["N", 1, 64, 64])],
+        {"w": _normal((1, 4, 1, 1), 5), "flat": np.array([0, 4096], np.int64)},
+    )
+
+
+def test_a_sigmoid_map_is_judged_by_its_decisions_at_one_half() -> None:
+    """Mostly near 0, a probability map loses cosine to small absolute errors that change no
+    decision: it meets the floor when its elements fall on the same side of 0.5; an output
+    that is not a Sigmoid's is judged by cosine alone."""
+    model = load(_probability_map_model())
+    assert probability_outputs(model.graph) == {"map"}
+    held = HeldOut(model, [{"x": _normal((1, 4, 64, 64), 6)}])
+    held.probabilities = probability_outputs(model.graph)
+    want = np.full((1, 4096), 0.001, np.float32)
+    want[0, :512] = 0.9  # an eighth of the map is text
+    got = want + np.where(want < 0.5, 0.1, -0.05).astype(np.float32)  # no decision changes
+    got[0, 512:520] = 0.6  # eight do
+    held.reference = [{"map": want, "raw": want}]
+    quality = held._compare([{"map": got, "raw": got}])
+    by_name = {output.name: output for output in quality.outputs}
+    assert by_name["map"].top1 == pytest.approx(4088 / 4096)
+    assert by_name["map"].cosine < 0.99 and by_name["raw"].cosine < 0.99
+    floor = QualityFloor(min_cosine=0.99, min_top1=0.98)
+    assert by_name["map"].misses(floor) is None  # 99.80% of 4,096 decisions, bound 99.61%
+    few = OutputQuality("map", 0.97, 0.97, top1=63 / 64, top1_count=64)
+    assert few.misses(floor) is not None  # 98.4% of only 64 decisions bounds at 91%
+    assert by_name["raw"].misses(floor) is not None

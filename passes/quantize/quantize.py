@@ -49,6 +49,7 @@ from onnxslim.passes.quantize.evaluate import (
     QualityFloor,
     ShapesChanged,
     classifier_outputs,
+    probability_outputs,
     split_held_out,
 )
 from onnxslim.passes.quantize.gptq import hessians
@@ -437,6 +438,7 @@ class Quantize(Pass):
         if not disjoint:
             ctx.log("one sample only: the result is measured on the calibration sample itself")
         held.classifiers = classifier_outputs(ctx.model.graph)
+        held.probabilities = probability_outputs(ctx.model.graph) - held.classifiers
         return _Data(float_model, calibration, held)
 
     def _attempt(
