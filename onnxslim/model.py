@@ -46,6 +46,7 @@ __all__ = [
     "ModelSource",
     "DerivedValues",
     "copy_graph",
+    "is_graph_attribute",
     "Model",
     "load",
     "load_skeleton",
@@ -381,6 +382,14 @@ class Model:
                 location = _external_entries(values.tensor)[0]
                 files.add(external_data_file(values.base_dir, location))
         return files
+
+
+def is_graph_attribute(value: object) -> bool:
+    """Whether a node attribute's value is a subgraph (If's branches, Loop's body) or a list
+    of them (GRAPHS attributes)."""
+    return isinstance(value, gs.Graph) or (
+        isinstance(value, list | tuple) and bool(value) and isinstance(value[0], gs.Graph)
+    )
 
 
 def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:

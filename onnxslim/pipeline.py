@@ -41,7 +41,7 @@ from onnxslim.errors import (
     PipelineSpecError,
     VerificationError,
 )
-from onnxslim.model import Model, copy_graph, save
+from onnxslim.model import Model, copy_graph, is_graph_attribute, save
 from onnxslim.validate import validate
 
 __all__ = [
@@ -222,18 +222,12 @@ def _in_topological_order(graph: gs.Graph) -> bool:
         return False
     unproduced = {id(tensor) for node in graph.nodes for tensor in node.outputs}
     for node in graph.nodes:
-        if any(_holds_graph(value) for value in node.attrs.values()):
+        if any(is_graph_attribute(value) for value in node.attrs.values()):
             return False
         if any(id(tensor) in unproduced for tensor in node.inputs):
             return False
         unproduced.difference_update(id(tensor) for tensor in node.outputs)
     return True
-
-
-def _holds_graph(value: Any) -> bool:
-    return isinstance(value, gs.Graph) or (
-        isinstance(value, list) and any(isinstance(item, gs.Graph) for item in value)
-    )
 
 
 def _option_text(value: Any) -> str:

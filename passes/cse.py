@@ -10,7 +10,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from onnxslim.model import read_constant, read_constant_bytes
+from onnxslim.model import is_graph_attribute, read_constant, read_constant_bytes
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
 from onnxslim.rewrite import (
@@ -76,7 +76,7 @@ def _signature(node: gs.Node, pure: _PureNodes) -> tuple | None:
     (compared only between nodes that agree on the rest); None for nodes never merged."""
     if not pure(node) or not any(t.name for t in node.outputs):
         return None
-    plain = {name: value for name, value in node.attrs.items() if not _is_graph(value)}
+    plain = {name: value for name, value in node.attrs.items() if not is_graph_attribute(value)}
     try:
         attributes = OnnxExporter.export_attributes(plain)
     except Exception:  # gs raises bare exceptions on attributes it cannot export
@@ -85,7 +85,7 @@ def _signature(node: gs.Node, pure: _PureNodes) -> tuple | None:
         node.op,
         node.domain or "",
         tuple(sorted((a.name, _attribute_bytes(a)) for a in attributes)),
-        tuple(sorted(name for name, value in node.attrs.items() if _is_graph(value))),
+        tuple(sorted(name for name, value in node.attrs.items() if is_graph_attribute(value))),
         tuple(_input_key(t) for t in node.inputs),
         tuple(bool(t.name) for t in node.outputs),
     )
@@ -125,7 +125,9 @@ class _SubgraphBytes:
     def _of(self, node: gs.Node) -> bytes | None:
         key = id(node)
         if key not in self._bytes:
-            graphs = {name: value for name, value in node.attrs.items() if _is_graph(value)}
+            graphs = {
+                name: value for name, value in node.attrs.items() if is_graph_attribute(value)
+            }
             try:
                 attributes = OnnxExporter.export_attributes(graphs)
             except Exception:  # gs raises bare exceptions on graphs it cannot export
@@ -136,12 +138,6 @@ class _SubgraphBytes:
                     for a in sorted(attributes, key=lambda a: a.name)
                 )
         return self._bytes[key]
-
-
-def _is_graph(value: object) -> bool:
-    return isinstance(value, gs.Graph) or (
-        isinstance(value, list) and bool(value) and isinstance(value[0], gs.Graph)
-    )
 
 
 def _subgraphs(node: gs.Node) -> list[gs.Graph]:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import onnx
@@ -50,7 +49,7 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onn
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnxslim.errors import PipelineSpecError
-from onnxslim.model import Model, read_constant
+from onnxslim.model import Model, is_graph_attribute, read_constant
 from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
 from onnxslim.rewrite import (
@@ -459,15 +458,9 @@ def _evaluable(node: gs.Node) -> bool:
         and node.op not in NONDETERMINISTIC_OPS
         and node.op not in _QUANTIZATION
         and node.op not in _NON_TENSOR_OUTPUTS
-        and not any(_is_subgraph(v) for v in node.attrs.values())
+        and not any(is_graph_attribute(v) for v in node.attrs.values())
         and any(t.name for t in node.outputs)
     )
-
-
-def _is_subgraph(value: Any) -> bool:
-    if isinstance(value, list | tuple):
-        return any(isinstance(v, gs.Graph) for v in value)
-    return isinstance(value, gs.Graph)
 
 
 def _clamp_axis(axis: int, rank: int) -> int:
