@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
+from onnxslim.passes.eliminations.transpose_through import is_identity_perm
 
 from onnxslim.rewrite import Miss, NoopRule, Scope, fail
 
@@ -19,4 +20,4 @@ class NoopTranspose(NoopRule):
         if perm is None:  # reverses the dims
             rank = scope.rank(source)
             return source if rank is not None and rank <= 1 else fail("it reverses the dims")
-        return source if list(perm) == list(range(len(perm))) else fail("it moves an axis")
+        return source if is_identity_perm(perm) else fail("it moves an axis")

@@ -13,7 +13,11 @@ from __future__ import annotations
 from collections import Counter
 
 import onnx_graphsurgeon as gs
-from onnxslim.passes.eliminations.transpose_through import inverse_perm, transpose_perm
+from onnxslim.passes.eliminations.transpose_through import (
+    inverse_perm,
+    is_identity_perm,
+    transpose_perm,
+)
 
 from onnxslim.rewrite import Dims, Match, MatchResult, Rule, Scope, fail
 
@@ -50,7 +54,7 @@ class TransposeAcrossReshape(Rule):
         pushed = self._pushed_down(perm, before, after, after_perm, scope.dims(source))
         if pushed is not None:
             composed, shape = pushed
-            if _is_identity(composed) and not scope.can_bypass(second, node.outputs[0]):
+            if is_identity_perm(composed) and not scope.can_bypass(second, node.outputs[0]):
                 return fail("the Transpose after it names a graph output", tell=True)
             return Match([first, node, second], down=True, composed=composed, target=shape)
         pulled = self._pulled_up(perm, before, after, after_perm)
@@ -95,13 +99,13 @@ class TransposeAcrossReshape(Rule):
             node.inputs[0] = first.inputs[0]
             scope.detach(first)
             middle.shape = None  # now in the untransposed layout
-            if _is_identity(match.composed):
+            if is_identity_perm(match.composed):
                 scope.bypass(second, middle)
             else:
                 second.attrs["perm"] = match.composed
         else:
             node.inputs[0].shape = None
-            if _is_identity(match.composed):
+            if is_identity_perm(match.composed):
                 node.inputs[0] = first.inputs[0]
                 scope.detach(first)
             else:
@@ -110,10 +114,6 @@ class TransposeAcrossReshape(Rule):
             scope.detach(second)
             node.outputs[0] = result
         scope.set_ints_param(node, "shape", 1, 5, match.target)
-
-
-def _is_identity(perm: list[int]) -> bool:
-    return perm == list(range(len(perm)))
 
 
 def axis_groups(before: Dims, after: Dims) -> Groups | None:

@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 
 from onnxslim.rewrite import ELEMENTWISE_OPS, Match, MatchResult, Rule, Scope, fail
 
-__all__ = ["TransposeThrough", "REDUCE_OPS", "inverse_perm", "transpose_perm"]
+__all__ = ["TransposeThrough", "REDUCE_OPS", "inverse_perm", "is_identity_perm", "transpose_perm"]
 
 SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax"})
 # Reductions, with the opset from which their axes are an input.
@@ -29,6 +29,11 @@ REDUCE_OPS = {
     "ReduceSumSquare": 18,
     "ReduceLogSumExp": 18,
 }
+
+
+def is_identity_perm(perm: list[int]) -> bool:
+    """Whether a permutation keeps every axis in place."""
+    return list(perm) == list(range(len(perm)))
 
 
 def inverse_perm(perm: list[int]) -> list[int]:
@@ -161,7 +166,7 @@ class TransposeThrough(Rule):
             scope.detach(feeder)
         output = node.outputs[0]
         reader = match.reader
-        identity = match.after == list(range(len(match.after)))
+        identity = is_identity_perm(match.after)
         if reader is not None:
             output.shape = None  # now in the untransposed layout
             if identity and scope.can_bypass(reader, output):

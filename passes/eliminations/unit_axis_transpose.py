@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnxslim.passes.eliminations.transpose_reshape import reshape_target
-from onnxslim.passes.eliminations.transpose_through import transpose_perm
+from onnxslim.passes.eliminations.transpose_through import is_identity_perm, transpose_perm
 
 from onnxslim.rewrite import Match, MatchResult, Rule, Scope, fail
 
@@ -33,7 +33,7 @@ class UnitAxisTranspose(Rule):
         if before is None or perm is None or None in before:
             return fail("its input's dims are not known")
         moved = [axis for axis in perm if before[axis] != 1]
-        if moved != sorted(moved) or perm == list(range(len(perm))):
+        if moved != sorted(moved) or is_identity_perm(perm):
             return fail("it moves data, not only axes of size 1")
         beside = scope.producer(source, RESHAPES) or scope.read_once(node.outputs[0], "Reshape")
         if beside is None:
