@@ -314,11 +314,15 @@ class DerivedValues(LazyValues):
             return self.raw().view(numpy_type)
         return numpy_helper.to_array(self.proto())
 
+    def raw_bytes(self) -> memoryview:
+        """The tensor's raw data (computed now), as the writers stream it."""
+        return byte_view(np.ascontiguousarray(self.raw()))
+
     def proto(self) -> onnx.TensorProto:
         """The whole TensorProto, data included (computed now)."""
         whole = onnx.TensorProto()
         whole.CopyFrom(self.tensor)
-        whole.raw_data = byte_view(np.ascontiguousarray(self.raw())).tobytes()
+        whole.raw_data = self.raw_bytes().tobytes()
         return whole
 
 
@@ -486,7 +490,7 @@ def read_constant_bytes(tensor: gs.Constant, limit: int | None = None) -> bytes 
     if isinstance(values, ExternalValues):
         return read_external(values.tensor, values.base_dir, limit)
     if isinstance(values, DerivedValues):
-        data = byte_view(np.ascontiguousarray(values.raw()))
+        data = values.raw_bytes()
         return data if limit is None else data[:limit]
     if (
         isinstance(values, LazyValues)
@@ -1669,7 +1673,7 @@ class _InlineTensor:
             return cls(
                 _head(values.tensor, constant.name),
                 length,
-                lambda: (byte_view(np.ascontiguousarray(values.raw())),),
+                lambda: (values.raw_bytes(),),
             )
         if isinstance(values, LazyValues) and not isinstance(values, SparseValues):
             tensor = values.tensor
