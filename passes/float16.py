@@ -563,13 +563,10 @@ def _converted_constant(
             name, DerivedValues(header, lambda: _converted_bits(read_constant(source), to), values)
         )
     converted = _converted_bits(read_constant(tensor), to)
-    if to == TensorProto.BFLOAT16 and attribute:
+    if to == TensorProto.BFLOAT16:  # numpy has no bfloat16: its bits go into a proto
         proto = onnx.TensorProto(name=name, data_type=to, dims=list(converted.shape))
         proto.raw_data = converted.tobytes()
         return gs.Constant(name, LazyValues(proto))
-    if to == TensorProto.BFLOAT16:
-        header = onnx.TensorProto(name=name, data_type=to, dims=list(converted.shape))
-        return gs.Constant(name, DerivedValues(header, lambda: converted, converted))
     return gs.Constant(name, converted)
 
 
