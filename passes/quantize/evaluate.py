@@ -269,42 +269,39 @@ def split_held_out(
 def classifier_outputs(graph: gs.Graph) -> set[str]:
     """Float outputs shaped ``(batch, classes)`` computed by a linear layer (Gemm, MatMul or a
     1x1 Conv), perhaps through a softmax: judged by top-1 agreement, not cosine."""
-    found = set()
-    for output in graph.outputs:
-        shape = output.shape
-        if shape is None or len(shape) != 2 or not isinstance(shape[1], int) or shape[1] < 2:
-            continue
-        tensor = output
-        while tensor.inputs:
-            producer = tensor.inputs[0]
-            if producer.domain not in STANDARD_DOMAINS:
-                break
-            if producer.op in _LINEAR:
-                found.add(output.name)
-                break
-            if producer.op not in _PASS_THROUGH:
-                break
-            tensor = producer.inputs[0]
-    return found
+    return {
+        output.name
+        for output in graph.outputs
+        if output.shape is not None
+        and len(output.shape) == 2
+        and isinstance(output.shape[1], int)
+        and output.shape[1] >= 2
+        and _computed_by(output, _LINEAR, _PASS_THROUGH)
+    }
 
 
 def probability_outputs(graph: gs.Graph) -> set[str]:
     """Float outputs that a Sigmoid computes (perhaps through ops that only move its values):
     judged by decisions at 0.5 as well as by cosine."""
-    found = set()
-    for output in graph.outputs:
-        tensor = output
-        while tensor.inputs:
-            producer = tensor.inputs[0]
-            if producer.domain not in STANDARD_DOMAINS:
-                break
-            if producer.op == "Sigmoid":
-                found.add(output.name)
-                break
-            if producer.op not in _SHAPE_ONLY or not producer.inputs:
-                break
-            tensor = producer.inputs[0]
-    return found
+    return {
+        output.name for output in graph.outputs if _computed_by(output, ("Sigmoid",), _SHAPE_ONLY)
+    }
+
+
+def _computed_by(output: gs.Tensor, ops: Sequence[str], through: Sequence[str]) -> bool:
+    """Whether a standard op among ``ops`` computes ``output``, directly or through a chain
+    of ``through`` ops (each read at its first input)."""
+    tensor = output
+    while tensor.inputs:
+        producer = tensor.inputs[0]
+        if producer.domain not in STANDARD_DOMAINS:
+            return False
+        if producer.op in ops:
+            return True
+        if producer.op not in through or not producer.inputs:
+            return False
+        tensor = producer.inputs[0]
+    return False
 
 
 class SqnrAccumulator:
