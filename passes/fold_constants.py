@@ -54,6 +54,7 @@ from onnxslim.pipeline import Pass, PassContext
 from onnxslim.registry import register_pass
 from onnxslim.rewrite import (
     NONDETERMINISTIC_OPS,
+    NUMPY_NATIVE_TYPES,
     STANDARD_DOMAINS,
     Scope,
     constant_node_value,
@@ -66,12 +67,6 @@ __all__ = ["FoldConstants"]
 
 # Quantized models keep their QuantizeLinear/DequantizeLinear pairs: runtimes fuse them into
 # integer kernels, and folding DequantizeLinear would store the weights as floats again.
-# Element types whose numpy arrays are the ONNX values (no bfloat16 or float8 stand-ins).
-_MOVABLE_TYPES = frozenset(
-    getattr(onnx.TensorProto, name)
-    for name in ("FLOAT", "FLOAT16", "DOUBLE", "BOOL", "INT8", "INT16", "INT32", "INT64")
-    + ("UINT8", "UINT16", "UINT32", "UINT64")
-)
 _QUANTIZATION = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 # Ops whose outputs are sequences or optionals, which cannot be stored as initializers.
 _NON_TENSOR_OUTPUTS = frozenset(
@@ -352,7 +347,7 @@ class _Plan:
         """
         if node.op != "Transpose" or not isinstance(node.inputs[0], gs.Constant):
             return False
-        if element_type(node.inputs[0]) not in _MOVABLE_TYPES:
+        if element_type(node.inputs[0]) not in NUMPY_NATIVE_TYPES:
             return False
         perm = node.attrs.get("perm")
         array = read_constant(node.inputs[0])

@@ -53,6 +53,7 @@ from onnxslim.rewrite.shapes import (
     static_size,
 )
 from onnxslim.rewrite.tensors import (
+    NUMPY_NATIVE_TYPES,
     Dims,
     broadcast_keeps,
     constant_ints,
@@ -101,6 +102,7 @@ __all__ = [
     "rank",
     "float_dtype",
     "Dims",
+    "NUMPY_NATIVE_TYPES",
     "constant_value",
     "constant_node_value",
     "constant_ints",

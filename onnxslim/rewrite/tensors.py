@@ -35,12 +35,20 @@ __all__ = [
     "scalar_value",
     "is_scalar",
     "SCALAR_RTOL",
+    "NUMPY_NATIVE_TYPES",
 ]
 
 # A shape as the graph knows it: ints where static, names or None where not.
 Dims = list[int | str | None]
 
 SCALAR_RTOL = 1e-4
+# Element types whose numpy arrays are the ONNX values themselves (numpy has no bfloat16,
+# float8 or 4-bit types: gs reads those into stand-in types), so numpy may compute on them.
+NUMPY_NATIVE_TYPES = frozenset(
+    getattr(onnx.TensorProto, name)
+    for name in ("BOOL", "FLOAT", "DOUBLE", "FLOAT16", "INT8", "INT16", "INT32", "INT64")
+    + ("UINT8", "UINT16", "UINT32", "UINT64")
+)
 
 
 def element_type(tensor: gs.Tensor) -> int | None:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
 
 from onnxslim.model import read_constant, read_constant_bytes
-from onnxslim.rewrite import Miss, NoopRule, Scope, broadcast_keeps, element_type, fail
+from onnxslim.rewrite import (
+    NUMPY_NATIVE_TYPES,
+    Miss,
+    NoopRule,
+    Scope,
+    broadcast_keeps,
+    element_type,
+    fail,
+)
 
 __all__ = ["NeutralArithmetic"]
 
@@ -24,24 +31,6 @@ _NEUTRAL = {
 # Whether a constant is all ones is read from this many bytes first, so that a real weight is
 # told apart without reading all of it.
 _PREFIX_BYTES = 4096
-# Element types whose neutral elements numpy can compare (BOOL for And and Or).
-_ARITHMETIC_TYPES = frozenset(
-    getattr(onnx.TensorProto, name)
-    for name in (
-        "BOOL",
-        "FLOAT",
-        "DOUBLE",
-        "FLOAT16",
-        "INT8",
-        "INT16",
-        "INT32",
-        "INT64",
-        "UINT8",
-        "UINT16",
-        "UINT32",
-        "UINT64",
-    )
-)
 
 
 class NeutralArithmetic(NoopRule):
@@ -74,7 +63,7 @@ class NeutralArithmetic(NoopRule):
 
 def _filled_with(tensor: gs.Tensor, value: int) -> bool:
     """Whether ``tensor`` is an initializer whose every element equals ``value``."""
-    if not isinstance(tensor, gs.Constant) or element_type(tensor) not in _ARITHMETIC_TYPES:
+    if not isinstance(tensor, gs.Constant) or element_type(tensor) not in NUMPY_NATIVE_TYPES:
         return False
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(element_type(tensor))).newbyteorder("<")
     prefix = read_constant_bytes(tensor, _PREFIX_BYTES)
