@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from export_models import InputSpec, ModelSpec, main
+from export_models import InputSpec, ModelSpec, llama_config, main
 from torch import nn
 
 __all__ = ["DECODERS", "WithCache"]
@@ -25,18 +25,18 @@ BATCH, SEQUENCE, PAST = 1, 8, 4
 
 
 class WithCache(nn.Module):
-    """A ``transformers`` causal LM called with its cache as flat tensors, two per layer."""
+    """A ``transformers`` causal LM called with its cache as flat tensors, two per layer (also
+    what ``fixtures/make_decoder_fixtures.py`` exports)."""
 
-    def __init__(self, model: nn.Module, layers: int) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.layers = layers
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
         from transformers.cache_utils import DynamicCache
 
         cache = DynamicCache()
-        for layer in range(self.layers):
+        for layer in range(len(past) // 2):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
         out = self.model(
             input_ids=input_ids,
@@ -57,23 +57,15 @@ def _gpt2(layers: int, width: int, heads: int) -> Callable[[], nn.Module]:
         from transformers import GPT2Config, GPT2LMHeadModel
 
         config = GPT2Config(n_embd=width, n_layer=layers, n_head=heads)
-        return WithCache(GPT2LMHeadModel(config), layers)
+        return WithCache(GPT2LMHeadModel(config))
 
     return build
 
 
 def _llama() -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
-        hidden_size=768,
-        intermediate_size=2048,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        num_key_value_heads=4,
-        vocab_size=32000,
-    )
-    return WithCache(LlamaForCausalLM(config), 12)
+    return WithCache(LlamaForCausalLM(llama_config()))
 
 
 def _spec(

@@ -265,21 +265,28 @@ def _vit() -> nn.Module:
     return _PositionalCall(model, ("pixel_values",))
 
 
-def _llama() -> nn.Module:
+def llama_config(**extra: object):
     """A Llama-style decoder of GPT-2's size: 12 layers of width 768, 12 query heads sharing 4
-    key/value heads (grouped-query attention), RMSNorm, rotary embedding, SiLU gating."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    key/value heads (grouped-query attention), RMSNorm, rotary embedding, SiLU gating (a
+    ``LlamaConfig``; ``export_decoders.py`` exports the same decoder with its cache)."""
+    from transformers import LlamaConfig
 
-    config = LlamaConfig(
+    return LlamaConfig(
         hidden_size=768,
         intermediate_size=2048,
         num_hidden_layers=12,
         num_attention_heads=12,
         num_key_value_heads=4,
         vocab_size=32000,
-        use_cache=False,
+        **extra,
     )
-    return _PositionalCall(LlamaForCausalLM(config), ("input_ids", "attention_mask"))
+
+
+def _llama() -> nn.Module:
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(llama_config(use_cache=False))
+    return _PositionalCall(model, ("input_ids", "attention_mask"))
 
 
 def _image_input(name: str) -> tuple[InputSpec, ...]:
